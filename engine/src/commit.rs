@@ -1,0 +1,478 @@
+//! Group commit: appenders hand encoded records to a committer, which writes
+//! the batch, syncs once, and completes every waiter of the batch together.
+//!
+//! Each queue has a [`GroupCommit`]: a pending [`Batch`] behind the *append
+//! lock*, and a [`Sink`] (the active segment writer) behind a lock of its own
+//! that only the committer takes, so appends keep landing in the next batch
+//! while the sink syncs: the batch is whatever arrived during the previous
+//! sync. A queue is in the [`CommitPool`]'s run queue at most once
+//! (`scheduled`), so its batches are written in order by one thread at a time,
+//! and a small pool of threads serves every queue.
+//!
+//! Failure is fail-stop: if the sink fails, the batch and everything pending
+//! behind it are failed, and the queue refuses appends until it is reopened
+//! from disk. Nothing is retried, because after a failed fsync the kernel may
+//! have dropped the dirty pages while reporting later syncs as clean.
+//!
+//! This module uses [`crate::sync`] so `tests/loom_commit.rs` model-checks
+//! this exact code.
+
+use std::future::Future;
+use std::ops::Range;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use crate::error::Error;
+use crate::sync::{lock, thread, Arc, Condvar, Mutex};
+
+/// Completion shared by every append of one batch.
+#[derive(Debug, Default)]
+pub struct Slot {
+    state: Mutex<SlotState>,
+    cv: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct SlotState {
+    done: Option<Result<(), Error>>,
+    wakers: Vec<Waker>,
+}
+
+impl Slot {
+    /// Completes the slot once; later calls are ignored.
+    pub fn complete(&self, r: Result<(), Error>) {
+        let wakers = {
+            let mut st = lock(&self.state);
+            if st.done.is_some() {
+                return;
+            }
+            st.done = Some(r);
+            std::mem::take(&mut st.wakers)
+        };
+        self.cv.notify_all();
+        for w in wakers {
+            w.wake();
+        }
+    }
+
+    fn wait(&self) -> Result<(), Error> {
+        let mut st = lock(&self.state);
+        loop {
+            if let Some(r) = &st.done {
+                return r.clone();
+            }
+            st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn poll(&self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        let mut st = lock(&self.state);
+        if let Some(r) = &st.done {
+            return Poll::Ready(r.clone());
+        }
+        if !st.wakers.iter().any(|w| w.will_wake(cx.waker())) {
+            st.wakers.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    fn is_done(&self) -> bool {
+        lock(&self.state).done.is_some()
+    }
+}
+
+/// An append in flight: its offsets are known at once; it completes when the
+/// queue's fsync policy says the records are stored. Wait with
+/// [`Append::wait`] on a plain thread or `.await` it from any async runtime
+/// (it never blocks the executor).
+#[derive(Debug)]
+#[must_use = "an append is not stored until it completes"]
+pub struct Append {
+    slot: Arc<Slot>,
+    offsets: Range<u64>,
+}
+
+impl Append {
+    /// The offsets given to the appended records.
+    pub fn offsets(&self) -> Range<u64> {
+        self.offsets.clone()
+    }
+
+    /// Blocks until the records are stored (or failed to be).
+    pub fn wait(self) -> Result<Range<u64>, Error> {
+        self.slot.wait().map(|()| self.offsets)
+    }
+
+    /// Whether the append has completed.
+    pub fn is_done(&self) -> bool {
+        self.slot.is_done()
+    }
+}
+
+impl Future for Append {
+    type Output = Result<Range<u64>, Error>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.slot.poll(cx).map(|r| r.map(|()| self.offsets.clone()))
+    }
+}
+
+/// Encoded records waiting for the committer.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// The records, encoded back to back.
+    pub buf: Vec<u8>,
+    /// `(offset, position in buf)` of the first record and of records at
+    /// least one index interval apart: index candidates.
+    pub marks: Vec<(u64, usize)>,
+    /// Offset of the first record in the batch.
+    pub first: u64,
+    /// Offset after the last record in the batch.
+    pub next: u64,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.next == self.first
+    }
+}
+
+/// Where batches go: the active segment writer, or a model of it.
+pub trait Sink: Send + 'static {
+    /// Writes one batch and makes it as durable as the policy demands before
+    /// returning. `Ok(Some(t))` asks for [`Sink::tick`] at `t` (an interval
+    /// sync is due then).
+    fn commit(&mut self, batch: &Batch) -> Result<Option<Instant>, Error>;
+    /// Runs a deferred sync. Same contract as `commit`.
+    fn tick(&mut self) -> Result<Option<Instant>, Error>;
+}
+
+#[derive(Debug)]
+struct Pending {
+    batch: Batch,
+    slot: Arc<Slot>,
+    scheduled: bool,
+    failed: Option<Error>,
+    closed: bool,
+    spare: Vec<u8>,
+}
+
+/// What a job wants next from the pool.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Nothing to do until someone submits it again.
+    Idle,
+    /// More work arrived: queue it again (behind the others, for fairness).
+    Again,
+    /// Run its timer at this instant.
+    At(Instant),
+}
+
+/// Work the pool runs.
+pub trait Job: Send + Sync + std::fmt::Debug {
+    /// Runs one round; `timer` tells a timer firing from ordinary work.
+    fn run(self: Arc<Self>, timer: bool) -> Next;
+    /// The pool is gone: fail whatever waits.
+    fn abandon(&self);
+}
+
+/// One queue's group-commit state.
+#[derive(Debug)]
+pub struct GroupCommit<S> {
+    pending: Mutex<Pending>,
+    sink: Mutex<S>,
+    pool: CommitPool,
+}
+
+impl<S: Sink + std::fmt::Debug> GroupCommit<S> {
+    /// A queue whose next record gets `next_offset`.
+    pub fn new(sink: S, next_offset: u64, pool: CommitPool) -> Arc<Self> {
+        Arc::new(GroupCommit {
+            pending: Mutex::new(Pending {
+                batch: Batch {
+                    first: next_offset,
+                    next: next_offset,
+                    ..Batch::default()
+                },
+                slot: Arc::new(Slot::default()),
+                scheduled: false,
+                failed: None,
+                closed: false,
+                spare: Vec::new(),
+            }),
+            sink: Mutex::new(sink),
+            pool,
+        })
+    }
+
+    /// Appends `count` records, which `encode` writes into the batch given the
+    /// first offset they get. `encode` must not fail: check records before.
+    pub fn append(
+        self: &Arc<Self>,
+        count: u64,
+        encode: impl FnOnce(&mut Batch, u64),
+    ) -> Result<Append, Error> {
+        let mut p = lock(&self.pending);
+        if let Some(e) = &p.failed {
+            return Err(e.clone());
+        }
+        if p.closed {
+            return Err(Error::ShuttingDown);
+        }
+        let first = p.batch.next;
+        encode(&mut p.batch, first);
+        p.batch.next = first + count;
+        let slot = p.slot.clone();
+        let submit = !p.scheduled;
+        p.scheduled = true;
+        drop(p);
+        if submit && !self.pool.submit(self.clone()) {
+            self.fail_pending(Error::ShuttingDown, false);
+        }
+        Ok(Append {
+            slot,
+            offsets: first..first + count,
+        })
+    }
+
+    /// The offset the next append gets.
+    pub fn next_offset(&self) -> u64 {
+        lock(&self.pending).batch.next
+    }
+
+    /// Refuses further appends and waits until everything appended so far
+    /// has completed. Returns the failure that stopped the queue, if any.
+    pub fn close(&self) -> Result<(), Error> {
+        let slot = {
+            let mut p = lock(&self.pending);
+            p.closed = true;
+            if let Some(e) = &p.failed {
+                return Err(e.clone());
+            }
+            if p.batch.is_empty() && !p.scheduled {
+                return Ok(());
+            }
+            p.slot.clone()
+        };
+        slot.wait()
+    }
+
+    /// Runs `f` on the sink with no commit in progress.
+    pub fn with_sink<R>(&self, f: impl FnOnce(&mut S) -> R) -> R {
+        f(&mut lock(&self.sink))
+    }
+
+    /// The error that stopped this queue, if one did.
+    pub fn failure(&self) -> Option<Error> {
+        lock(&self.pending).failed.clone()
+    }
+
+    fn fail_pending(&self, e: Error, poison: bool) {
+        let slot = {
+            let mut p = lock(&self.pending);
+            if poison && p.failed.is_none() {
+                p.failed = Some(e.clone());
+            }
+            p.batch.buf.clear();
+            p.batch.marks.clear();
+            p.batch.first = p.batch.next;
+            p.scheduled = false;
+            std::mem::replace(&mut p.slot, Arc::new(Slot::default()))
+        };
+        slot.complete(Err(e));
+    }
+
+    fn after(&self, r: Result<Option<Instant>, Error>) -> Next {
+        let deadline = match r {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(error = %e, "queue stopped after a storage failure");
+                self.fail_pending(e, true);
+                return Next::Idle;
+            }
+        };
+        let mut p = lock(&self.pending);
+        if !p.batch.is_empty() {
+            return Next::Again;
+        }
+        p.scheduled = false;
+        match deadline {
+            Some(t) => Next::At(t),
+            None => Next::Idle,
+        }
+    }
+}
+
+impl<S: Sink + std::fmt::Debug> Job for GroupCommit<S> {
+    fn run(self: Arc<Self>, timer: bool) -> Next {
+        if timer {
+            let r = lock(&self.sink).tick();
+            if r.is_err() {
+                return self.after(r);
+            }
+            // A timer must not clear `scheduled` while ordinary work is queued.
+            return match r {
+                Ok(Some(t)) => Next::At(t),
+                _ => Next::Idle,
+            };
+        }
+        let (batch, slot) = {
+            let mut p = lock(&self.pending);
+            if p.failed.is_some() || p.batch.is_empty() {
+                p.scheduled = false;
+                return Next::Idle;
+            }
+            let next = p.batch.next;
+            let buf = std::mem::take(&mut p.spare);
+            let fresh = Batch {
+                buf,
+                marks: Vec::new(),
+                first: next,
+                next,
+            };
+            let batch = std::mem::replace(&mut p.batch, fresh);
+            (
+                batch,
+                std::mem::replace(&mut p.slot, Arc::new(Slot::default())),
+            )
+        };
+        let r = lock(&self.sink).commit(&batch);
+        if let Err(e) = &r {
+            slot.complete(Err(e.clone()));
+        } else {
+            slot.complete(Ok(()));
+            let mut buf = batch.buf;
+            buf.clear();
+            lock(&self.pending).spare = buf;
+        }
+        self.after(r)
+    }
+
+    fn abandon(&self) {
+        self.fail_pending(Error::ShuttingDown, false);
+    }
+}
+
+#[derive(Debug, Default)]
+struct PoolState {
+    queue: std::collections::VecDeque<Arc<dyn Job>>,
+    timers: Vec<(Instant, Arc<dyn Job>)>,
+    shutdown: bool,
+    live: usize,
+}
+
+#[derive(Debug, Default)]
+struct PoolShared {
+    state: Mutex<PoolState>,
+    cv: Condvar,
+}
+
+/// A fixed set of committer threads shared by every queue.
+#[derive(Debug, Clone)]
+pub struct CommitPool {
+    shared: Arc<PoolShared>,
+    threads: Arc<Mutex<Vec<thread::JoinHandle<()>>>>,
+}
+
+impl CommitPool {
+    /// Starts `threads` committers (at least one).
+    pub fn new(threads: usize) -> CommitPool {
+        let shared = Arc::new(PoolShared::default());
+        let n = threads.max(1);
+        lock(&shared.state).live = n;
+        let mut handles = Vec::with_capacity(n);
+        for _i in 0..n {
+            let s = shared.clone();
+            #[cfg(not(loom))]
+            let h = thread::Builder::new()
+                .name(format!("gmq-commit-{_i}"))
+                .spawn(move || worker(&s))
+                .unwrap_or_else(|e| panic!("cannot start a committer thread: {e}"));
+            #[cfg(loom)]
+            let h = thread::spawn(move || worker(&s));
+            handles.push(h);
+        }
+        CommitPool {
+            shared,
+            threads: Arc::new(Mutex::new(handles)),
+        }
+    }
+
+    /// Queues a job; `false` once the pool has stopped.
+    pub fn submit(&self, job: Arc<dyn Job>) -> bool {
+        let mut st = lock(&self.shared.state);
+        if st.live == 0 {
+            return false;
+        }
+        st.queue.push_back(job);
+        drop(st);
+        self.shared.cv.notify_one();
+        true
+    }
+
+    /// Lets the threads finish queued work, then stops and joins them.
+    /// Waiting timers are abandoned: the queues flush themselves on close.
+    pub fn shutdown(&self) {
+        lock(&self.shared.state).shutdown = true;
+        self.shared.cv.notify_all();
+        let handles = std::mem::take(&mut *lock(&self.threads));
+        for h in handles {
+            let _ = h.join();
+        }
+        let jobs: Vec<Arc<dyn Job>> = {
+            let mut st = lock(&self.shared.state);
+            let mut jobs: Vec<Arc<dyn Job>> = st.queue.drain(..).collect();
+            jobs.extend(st.timers.drain(..).map(|(_, j)| j));
+            jobs
+        };
+        for j in jobs {
+            j.abandon();
+        }
+    }
+}
+
+fn worker(shared: &PoolShared) {
+    loop {
+        let (job, timer) = {
+            let mut st = lock(&shared.state);
+            loop {
+                if let Some(j) = st.queue.pop_front() {
+                    break (j, false);
+                }
+                let now = Instant::now();
+                if let Some(i) = st.timers.iter().position(|(t, _)| *t <= now) {
+                    break (st.timers.swap_remove(i).1, true);
+                }
+                if st.shutdown {
+                    st.live -= 1;
+                    return;
+                }
+                st = match st.timers.iter().map(|(t, _)| *t).min() {
+                    #[cfg(not(loom))]
+                    Some(t) => {
+                        shared
+                            .cv
+                            .wait_timeout(st, t.saturating_duration_since(now))
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0
+                    }
+                    _ => shared.cv.wait(st).unwrap_or_else(|e| e.into_inner()),
+                };
+            }
+        };
+        match job.clone().run(timer) {
+            Next::Idle => {}
+            Next::Again => {
+                lock(&shared.state).queue.push_back(job);
+            }
+            Next::At(t) => {
+                let mut st = lock(&shared.state);
+                let same = |j: &Arc<dyn Job>| std::ptr::addr_eq(Arc::as_ptr(j), Arc::as_ptr(&job));
+                match st.timers.iter_mut().find(|(_, j)| same(j)) {
+                    Some(e) => e.0 = e.0.min(t),
+                    None => st.timers.push((t, job)),
+                }
+            }
+        }
+    }
+}
