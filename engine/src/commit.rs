@@ -155,6 +155,8 @@ struct Pending {
     failed: Option<Error>,
     closed: bool,
     spare: Vec<u8>,
+    /// Completion of the batch the committer is writing, if any.
+    inflight: Option<Arc<Slot>>,
 }
 
 /// What a job wants next from the pool.
@@ -189,16 +191,13 @@ impl<S: Sink + std::fmt::Debug> GroupCommit<S> {
     pub fn new(sink: S, next_offset: u64, pool: CommitPool) -> Arc<Self> {
         Arc::new(GroupCommit {
             pending: Mutex::new(Pending {
-                batch: Batch {
-                    first: next_offset,
-                    next: next_offset,
-                    ..Batch::default()
-                },
+                batch: Batch { first: next_offset, next: next_offset, ..Batch::default() },
                 slot: Arc::new(Slot::default()),
                 scheduled: false,
                 failed: None,
                 closed: false,
                 spare: Vec::new(),
+                inflight: None,
             }),
             sink: Mutex::new(sink),
             pool,
@@ -207,11 +206,7 @@ impl<S: Sink + std::fmt::Debug> GroupCommit<S> {
 
     /// Appends `count` records, which `encode` writes into the batch given the
     /// first offset they get. `encode` must not fail: check records before.
-    pub fn append(
-        self: &Arc<Self>,
-        count: u64,
-        encode: impl FnOnce(&mut Batch, u64),
-    ) -> Result<Append, Error> {
+    pub fn append(self: &Arc<Self>, count: u64, encode: impl FnOnce(&mut Batch, u64)) -> Result<Append, Error> {
         let mut p = lock(&self.pending);
         if let Some(e) = &p.failed {
             return Err(e.clone());
@@ -229,10 +224,7 @@ impl<S: Sink + std::fmt::Debug> GroupCommit<S> {
         if submit && !self.pool.submit(self.clone()) {
             self.fail_pending(Error::ShuttingDown, false);
         }
-        Ok(Append {
-            slot,
-            offsets: first..first + count,
-        })
+        Ok(Append { slot, offsets: first..first + count })
     }
 
     /// The offset the next append gets.
@@ -243,17 +235,30 @@ impl<S: Sink + std::fmt::Debug> GroupCommit<S> {
     /// Refuses further appends and waits until everything appended so far
     /// has completed. Returns the failure that stopped the queue, if any.
     pub fn close(&self) -> Result<(), Error> {
+        self.settle(true)
+    }
+
+    /// Waits until everything appended so far has completed.
+    pub fn drain(&self) -> Result<(), Error> {
+        self.settle(false)
+    }
+
+    fn settle(&self, close: bool) -> Result<(), Error> {
         let slot = {
             let mut p = lock(&self.pending);
-            p.closed = true;
+            p.closed |= close;
             if let Some(e) = &p.failed {
                 return Err(e.clone());
             }
-            if p.batch.is_empty() && !p.scheduled {
+            if !p.batch.is_empty() {
+                p.slot.clone()
+            } else if let Some(s) = &p.inflight {
+                s.clone()
+            } else {
                 return Ok(());
             }
-            p.slot.clone()
         };
+        self.pool.run_pending(usize::MAX);
         slot.wait()
     }
 
@@ -277,6 +282,7 @@ impl<S: Sink + std::fmt::Debug> GroupCommit<S> {
             p.batch.marks.clear();
             p.batch.first = p.batch.next;
             p.scheduled = false;
+            p.inflight = None;
             std::mem::replace(&mut p.slot, Arc::new(Slot::default()))
         };
         slot.complete(Err(e));
@@ -292,6 +298,7 @@ impl<S: Sink + std::fmt::Debug> GroupCommit<S> {
             }
         };
         let mut p = lock(&self.pending);
+        p.inflight = None;
         if !p.batch.is_empty() {
             return Next::Again;
         }
@@ -324,17 +331,11 @@ impl<S: Sink + std::fmt::Debug> Job for GroupCommit<S> {
             }
             let next = p.batch.next;
             let buf = std::mem::take(&mut p.spare);
-            let fresh = Batch {
-                buf,
-                marks: Vec::new(),
-                first: next,
-                next,
-            };
+            let fresh = Batch { buf, marks: Vec::new(), first: next, next };
             let batch = std::mem::replace(&mut p.batch, fresh);
-            (
-                batch,
-                std::mem::replace(&mut p.slot, Arc::new(Slot::default())),
-            )
+            let slot = std::mem::replace(&mut p.slot, Arc::new(Slot::default()));
+            p.inflight = Some(slot.clone());
+            (batch, slot)
         };
         let r = lock(&self.sink).commit(&batch);
         if let Err(e) = &r {
@@ -359,6 +360,10 @@ struct PoolState {
     timers: Vec<(Instant, Arc<dyn Job>)>,
     shutdown: bool,
     live: usize,
+    /// No threads: jobs run when [`CommitPool::run_pending`] is called, on
+    /// the caller's thread. Deterministic simulation tests use this so that
+    /// a seed fixes every I/O and its order.
+    manual: bool,
 }
 
 #[derive(Debug, Default)]
@@ -375,11 +380,16 @@ pub struct CommitPool {
 }
 
 impl CommitPool {
-    /// Starts `threads` committers (at least one).
+    /// Starts `threads` committers; with 0, a manual pool (see
+    /// [`CommitPool::run_pending`]).
     pub fn new(threads: usize) -> CommitPool {
         let shared = Arc::new(PoolShared::default());
-        let n = threads.max(1);
-        lock(&shared.state).live = n;
+        let n = threads;
+        {
+            let mut st = lock(&shared.state);
+            st.live = n.max(1);
+            st.manual = n == 0;
+        }
         let mut handles = Vec::with_capacity(n);
         for _i in 0..n {
             let s = shared.clone();
@@ -392,10 +402,7 @@ impl CommitPool {
             let h = thread::spawn(move || worker(&s));
             handles.push(h);
         }
-        CommitPool {
-            shared,
-            threads: Arc::new(Mutex::new(handles)),
-        }
+        CommitPool { shared, threads: Arc::new(Mutex::new(handles)) }
     }
 
     /// Queues a job; `false` once the pool has stopped.
@@ -410,9 +417,36 @@ impl CommitPool {
         true
     }
 
+    /// In a manual pool, runs up to `max` queued jobs (and due timers) on
+    /// this thread and returns how many ran; a threaded pool runs nothing.
+    pub fn run_pending(&self, max: usize) -> usize {
+        let mut ran = 0;
+        while ran < max {
+            let (job, timer) = {
+                let mut st = lock(&self.shared.state);
+                if !st.manual {
+                    return 0;
+                }
+                let now = Instant::now();
+                if let Some(j) = st.queue.pop_front() {
+                    (j, false)
+                } else if let Some(i) = st.timers.iter().position(|(t, _)| *t <= now) {
+                    (st.timers.swap_remove(i).1, true)
+                } else {
+                    return ran;
+                }
+            };
+            let next = job.clone().run(timer);
+            requeue(&self.shared, job, next);
+            ran += 1;
+        }
+        ran
+    }
+
     /// Lets the threads finish queued work, then stops and joins them.
     /// Waiting timers are abandoned: the queues flush themselves on close.
     pub fn shutdown(&self) {
+        self.run_pending(usize::MAX);
         lock(&self.shared.state).shutdown = true;
         self.shared.cv.notify_all();
         let handles = std::mem::take(&mut *lock(&self.threads));
@@ -460,18 +494,23 @@ fn worker(shared: &PoolShared) {
                 };
             }
         };
-        match job.clone().run(timer) {
-            Next::Idle => {}
-            Next::Again => {
-                lock(&shared.state).queue.push_back(job);
-            }
-            Next::At(t) => {
-                let mut st = lock(&shared.state);
-                let same = |j: &Arc<dyn Job>| std::ptr::addr_eq(Arc::as_ptr(j), Arc::as_ptr(&job));
-                match st.timers.iter_mut().find(|(_, j)| same(j)) {
-                    Some(e) => e.0 = e.0.min(t),
-                    None => st.timers.push((t, job)),
-                }
+        let next = job.clone().run(timer);
+        requeue(shared, job, next);
+    }
+}
+
+fn requeue(shared: &PoolShared, job: Arc<dyn Job>, next: Next) {
+    match next {
+        Next::Idle => {}
+        Next::Again => {
+            lock(&shared.state).queue.push_back(job);
+        }
+        Next::At(t) => {
+            let mut st = lock(&shared.state);
+            let same = |j: &Arc<dyn Job>| std::ptr::addr_eq(Arc::as_ptr(j), Arc::as_ptr(&job));
+            match st.timers.iter_mut().find(|(_, j)| same(j)) {
+                Some(e) => e.0 = e.0.min(t),
+                None => st.timers.push((t, job)),
             }
         }
     }

@@ -21,7 +21,8 @@ pub struct EngineConfig {
     pub data_dir: PathBuf,
     /// Log settings for queues created without their own.
     pub log: LogConfig,
-    /// Committer threads shared by all queues. Default 2.
+    /// Committer threads shared by all queues. Default 2. Zero gives a
+    /// manual pool driven by [`Engine::run_committers`] (deterministic tests).
     pub committer_threads: usize,
     /// Bound on open segment files (each queue needs one only while it is
     /// read or written). Default 1024.
@@ -91,21 +92,14 @@ impl Engine {
     }
 
     /// Opens a data directory on any [`Vfs`] with any clock.
-    pub fn open_with(
-        cfg: EngineConfig,
-        vfs: Arc<dyn Vfs>,
-        clock: Arc<dyn Clock>,
-    ) -> Result<Engine> {
+    pub fn open_with(cfg: EngineConfig, vfs: Arc<dyn Vfs>, clock: Arc<dyn Clock>) -> Result<Engine> {
         cfg.log.validate().map_err(Error::InvalidRecord)?;
         let root = cfg.data_dir.clone();
         let queues_dir = root.join(format::QUEUES_DIR);
         let ioe = |op| move |e| Error::io("", op, e);
-        vfs.create_dir_all(&queues_dir)
-            .map_err(ioe("creating the data directory"))?;
-        vfs.sync_dir(&root)
-            .map_err(ioe("syncing the data directory"))?;
-        vfs.sync_dir(crate::io::parent(&root))
-            .map_err(ioe("syncing the data directory"))?;
+        vfs.create_dir_all(&queues_dir).map_err(ioe("creating the data directory"))?;
+        vfs.sync_dir(&root).map_err(ioe("syncing the data directory"))?;
+        vfs.sync_dir(crate::io::parent(&root)).map_err(ioe("syncing the data directory"))?;
         let lock = recovery::lock_data_dir(vfs.as_ref(), &root)?;
         let env = Arc::new(Env {
             files: FileCache::new(vfs.clone(), cfg.max_open_files),
@@ -123,11 +117,7 @@ impl Engine {
             lock: Mutex::new(Some(lock)),
             report: OpenReport::default(),
         };
-        let names = engine
-            .env
-            .vfs
-            .read_dir(&engine.queues_dir)
-            .map_err(ioe("listing queues"))?;
+        let names = engine.env.vfs.read_dir(&engine.queues_dir).map_err(ioe("listing queues"))?;
         let mut report = OpenReport::default();
         let mut map = BTreeMap::new();
         for name in names {
@@ -165,11 +155,7 @@ impl Engine {
         Ok(engine)
     }
 
-    fn recover(
-        &self,
-        name: &str,
-        hint: Option<(u64, u64)>,
-    ) -> Result<(Arc<QueueLog>, RecoveryStats)> {
+    fn recover(&self, name: &str, hint: Option<(u64, u64)>) -> Result<(Arc<QueueLog>, RecoveryStats)> {
         let dir = self.queues_dir.join(name);
         let (r, st) = recovery::recover_queue(&self.env, &dir, name, hint)?;
         Ok((QueueLog::open(name, dir, self.log, self.env.clone(), r), st))
@@ -182,6 +168,13 @@ impl Engine {
     /// What opening the data directory found.
     pub fn open_report(&self) -> &OpenReport {
         &self.report
+    }
+
+    /// With `committer_threads = 0`, runs up to `max` commit rounds on this
+    /// thread and returns how many ran; otherwise does nothing.
+    #[doc(hidden)]
+    pub fn run_committers(&self, max: usize) -> usize {
+        self.env.pool.run_pending(max)
     }
 
     /// The data directory.
@@ -203,16 +196,9 @@ impl Engine {
         }
         let dir = self.queues_dir.join(name);
         let ioe = |op| move |e| Error::io(name, op, e);
-        self.env
-            .vfs
-            .create_dir_all(&dir)
-            .map_err(ioe("creating the queue directory"))?;
-        create_segment(&self.env, &dir, 0, self.env.clock.now_ms())
-            .map_err(ioe("creating a segment"))?;
-        self.env
-            .vfs
-            .sync_dir(&self.queues_dir)
-            .map_err(ioe("syncing the queues directory"))?;
+        self.env.vfs.create_dir_all(&dir).map_err(ioe("creating the queue directory"))?;
+        create_segment(&self.env, &dir, 0, self.env.clock.now_ms()).map_err(ioe("creating a segment"))?;
+        self.env.vfs.sync_dir(&self.queues_dir).map_err(ioe("syncing the queues directory"))?;
         let r = Recovered {
             sealed: Vec::new(),
             active_base: 0,
@@ -262,22 +248,14 @@ impl Engine {
         let mut map = self.map();
         let hint = match map.get(name) {
             Some(Entry::Open(q)) => {
-                let hint = q
-                    .failure()
-                    .filter(Error::is_storage)
-                    .map(|_| q.durable_hint());
+                let hint = q.failure().filter(Error::is_storage).map(|_| q.durable_hint());
                 q.shut();
                 hint
             }
             Some(Entry::Quarantined(_)) => None,
             None => return Err(Error::NotFound(name.to_owned())),
         };
-        let hint = hint.or_else(|| {
-            self.hints
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(name)
-        });
+        let hint = hint.or_else(|| self.hints.lock().unwrap_or_else(|e| e.into_inner()).remove(name));
         self.env.files.forget_dir(&self.queues_dir.join(name));
         match self.recover(name, hint) {
             Ok((q, _)) => {
@@ -286,10 +264,7 @@ impl Engine {
             }
             Err(e) => {
                 if let Some(h) = hint {
-                    self.hints
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(name.to_owned(), h);
+                    self.hints.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_owned(), h);
                 }
                 if matches!(e, Error::Corrupt { .. }) {
                     map.insert(name.to_owned(), Entry::Quarantined(e.clone()));
@@ -311,14 +286,8 @@ impl Engine {
         let dir = self.queues_dir.join(name);
         self.env.files.forget_dir(&dir);
         let ioe = |op| move |e| Error::io(name, op, e);
-        self.env
-            .vfs
-            .remove_dir_all(&dir)
-            .map_err(ioe("deleting the queue directory"))?;
-        self.env
-            .vfs
-            .sync_dir(&self.queues_dir)
-            .map_err(ioe("syncing the queues directory"))?;
+        self.env.vfs.remove_dir_all(&dir).map_err(ioe("deleting the queue directory"))?;
+        self.env.vfs.sync_dir(&self.queues_dir).map_err(ioe("syncing the queues directory"))?;
         Ok(())
     }
 
@@ -333,17 +302,8 @@ impl Engine {
         let Some(lock) = self.lock.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             return Ok(());
         };
-        let queues: Vec<Arc<QueueLog>> = self
-            .map()
-            .values()
-            .filter_map(|e| {
-                if let Entry::Open(q) = e {
-                    Some(q.clone())
-                } else {
-                    None
-                }
-            })
-            .collect();
+        let queues: Vec<Arc<QueueLog>> =
+            self.map().values().filter_map(|e| if let Entry::Open(q) = e { Some(q.clone()) } else { None }).collect();
         let mut first = None;
         for q in queues {
             if let Err(e) = q.close() {

@@ -63,11 +63,7 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(queue: &str, op: &'static str, e: io::Error) -> Error {
-        Error::Io {
-            queue: queue.to_owned(),
-            op,
-            source: Arc::new(e),
-        }
+        Error::Io { queue: queue.to_owned(), op, source: Arc::new(e) }
     }
 
     /// Whether this is a storage failure (the operation was not performed).

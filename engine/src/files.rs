@@ -39,11 +39,7 @@ pub(crate) struct FileCache {
 
 impl FileCache {
     pub(crate) fn new(vfs: Arc<dyn Vfs>, cap: usize) -> Self {
-        FileCache {
-            vfs,
-            cap: cap.max(1),
-            inner: Mutex::new(CacheInner::default()),
-        }
+        FileCache { vfs, cap: cap.max(1), inner: Mutex::new(CacheInner::default()) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, CacheInner> {
@@ -68,12 +64,7 @@ impl FileCache {
         c.tick += 1;
         let t = c.tick;
         if c.map.len() >= self.cap {
-            if let Some(victim) = c
-                .map
-                .iter()
-                .min_by_key(|(_, (_, used))| *used)
-                .map(|(p, _)| p.clone())
-            {
+            if let Some(victim) = c.map.iter().min_by_key(|(_, (_, used))| *used).map(|(p, _)| p.clone()) {
                 c.map.remove(&victim);
             }
         }

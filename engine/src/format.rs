@@ -147,9 +147,7 @@ pub enum HeaderError {
 
 /// Decodes and checks a segment header against the base offset in its name.
 pub fn decode_segment_header(h: &[u8], expected_base: u64) -> Result<u64, HeaderError> {
-    if h.len() < SEGMENT_HEADER_LEN as usize
-        || h[..SEGMENT_HEADER_LEN as usize].iter().all(|&b| b == 0)
-    {
+    if h.len() < SEGMENT_HEADER_LEN as usize || h[..SEGMENT_HEADER_LEN as usize].iter().all(|&b| b == 0) {
         return Err(HeaderError::Missing);
     }
     if h[0..8] != SEGMENT_MAGIC {
@@ -161,9 +159,7 @@ pub fn decode_segment_header(h: &[u8], expected_base: u64) -> Result<u64, Header
     }
     let version = le_u16(h, 8);
     if version != SEGMENT_VERSION {
-        return Err(HeaderError::Bad(format!(
-            "unsupported segment version {version}"
-        )));
+        return Err(HeaderError::Bad(format!("unsupported segment version {version}")));
     }
     let base = le_u64(h, 12);
     if base != expected_base {
@@ -194,10 +190,7 @@ pub struct Message {
 impl Message {
     /// A message with only a payload.
     pub fn new(payload: impl Into<Bytes>) -> Self {
-        Message {
-            payload: payload.into(),
-            ..Message::default()
-        }
+        Message { payload: payload.into(), ..Message::default() }
     }
 }
 
@@ -234,54 +227,33 @@ pub fn encoded_len(m: &Message) -> Result<usize, String> {
     for (name, f) in [("event", &m.event), ("key", &m.key), ("msg_id", &m.msg_id)] {
         if let Some(s) = f {
             if s.len() > u16::MAX as usize {
-                return Err(format!(
-                    "{name} is {} bytes, at most {} fit",
-                    s.len(),
-                    u16::MAX
-                ));
+                return Err(format!("{name} is {} bytes, at most {} fit", s.len(), u16::MAX));
             }
             n += 2 + s.len();
         }
     }
     if !m.headers.is_empty() {
         if m.headers.len() > u16::MAX as usize {
-            return Err(format!(
-                "{} headers, at most {} fit",
-                m.headers.len(),
-                u16::MAX
-            ));
+            return Err(format!("{} headers, at most {} fit", m.headers.len(), u16::MAX));
         }
         n += 2;
         for (k, v) in &m.headers {
             if k.len() > u16::MAX as usize {
-                return Err(format!(
-                    "header name is {} bytes, at most {} fit",
-                    k.len(),
-                    u16::MAX
-                ));
+                return Err(format!("header name is {} bytes, at most {} fit", k.len(), u16::MAX));
             }
             n += 2 + k.len() + 4 + v.len();
         }
     }
     n += m.payload.len();
     if n - RECORD_HEADER_LEN > MAX_RECORD_BODY {
-        return Err(format!(
-            "record is {} bytes, at most {MAX_RECORD_BODY} fit",
-            n - RECORD_HEADER_LEN
-        ));
+        return Err(format!("record is {} bytes, at most {MAX_RECORD_BODY} fit", n - RECORD_HEADER_LEN));
     }
     Ok(n)
 }
 
 /// Appends the encoding of a record to `out`. `extra_attrs` may carry
 /// [`attrs::BATCH_CONT`]. The caller has checked the message with [`encoded_len`].
-pub fn encode_record(
-    out: &mut Vec<u8>,
-    offset: u64,
-    timestamp_ms: u64,
-    m: &Message,
-    extra_attrs: u8,
-) {
+pub fn encode_record(out: &mut Vec<u8>, offset: u64, timestamp_ms: u64, m: &Message, extra_attrs: u8) {
     let start = out.len();
     out.extend_from_slice(&[0; RECORD_HEADER_LEN]);
     out.extend_from_slice(&offset.to_le_bytes());
@@ -346,9 +318,7 @@ struct Cursor<'a> {
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         if self.b.len() - self.at < n {
-            return Err(DecodeError::Invalid(
-                "field runs past the end of the record".into(),
-            ));
+            return Err(DecodeError::Invalid("field runs past the end of the record".into()));
         }
         let s = &self.b[self.at..self.at + n];
         self.at += n;
@@ -362,9 +332,7 @@ impl<'a> Cursor<'a> {
     }
     fn string(&mut self, len: usize) -> Result<String, DecodeError> {
         let s = self.take(len)?;
-        std::str::from_utf8(s)
-            .map(str::to_owned)
-            .map_err(|_| DecodeError::Invalid("string field is not UTF-8".into()))
+        std::str::from_utf8(s).map(str::to_owned).map_err(|_| DecodeError::Invalid("string field is not UTF-8".into()))
     }
 }
 
@@ -376,21 +344,11 @@ impl RecordRef<'_> {
 
     /// Builds the owned record, checking every variable-length field.
     pub fn to_record(&self) -> Result<Record, DecodeError> {
-        let mut c = Cursor {
-            b: self.body,
-            at: RECORD_FIXED_LEN,
-        };
+        let mut c = Cursor { b: self.body, at: RECORD_FIXED_LEN };
         let a = self.attrs;
-        let ttl_ms = if a & attrs::TTL != 0 {
-            Some(le_u64(c.take(8)?, 0))
-        } else {
-            None
-        };
+        let ttl_ms = if a & attrs::TTL != 0 { Some(le_u64(c.take(8)?, 0)) } else { None };
         let mut strings = [None, None, None];
-        for (slot, bit) in strings
-            .iter_mut()
-            .zip([attrs::EVENT, attrs::KEY, attrs::MSG_ID])
-        {
+        for (slot, bit) in strings.iter_mut().zip([attrs::EVENT, attrs::KEY, attrs::MSG_ID]) {
             if a & bit != 0 {
                 let n = c.u16()?;
                 *slot = Some(c.string(n)?);
@@ -412,14 +370,7 @@ impl RecordRef<'_> {
         Ok(Record {
             offset: self.offset,
             timestamp_ms: self.timestamp_ms,
-            message: Message {
-                payload,
-                event,
-                key,
-                headers,
-                ttl_ms,
-                msg_id,
-            },
+            message: Message { payload, event, key, headers, ttl_ms, msg_id },
         })
     }
 }
@@ -439,15 +390,11 @@ pub fn decode_record(buf: &[u8]) -> Result<RecordRef<'_>, DecodeError> {
         return Err(DecodeError::End);
     }
     if !(RECORD_FIXED_LEN..=MAX_RECORD_BODY).contains(&len) {
-        return Err(DecodeError::Invalid(format!(
-            "record length {len} out of range"
-        )));
+        return Err(DecodeError::Invalid(format!("record length {len} out of range")));
     }
     let total = RECORD_HEADER_LEN + len;
     if buf.len() < total {
-        return Err(DecodeError::Short {
-            needed: Some(total),
-        });
+        return Err(DecodeError::Short { needed: Some(total) });
     }
     if crc32fast::hash(&buf[4..total]) != crc {
         return Err(DecodeError::Invalid("record checksum mismatch".into()));
@@ -455,17 +402,9 @@ pub fn decode_record(buf: &[u8]) -> Result<RecordRef<'_>, DecodeError> {
     let body = &buf[RECORD_HEADER_LEN..total];
     let attrs = body[16];
     if attrs & !attrs::KNOWN != 0 {
-        return Err(DecodeError::Invalid(format!(
-            "unknown attribute bits {attrs:#04x}"
-        )));
+        return Err(DecodeError::Invalid(format!("unknown attribute bits {attrs:#04x}")));
     }
-    Ok(RecordRef {
-        offset: le_u64(body, 0),
-        timestamp_ms: le_u64(body, 8),
-        attrs,
-        size: total,
-        body,
-    })
+    Ok(RecordRef { offset: le_u64(body, 0), timestamp_ms: le_u64(body, 8), attrs, size: total, body })
 }
 
 /// Encodes an index file.
@@ -511,11 +450,7 @@ pub fn check_index(b: &[u8], base: u64) -> Result<(usize, u64), String> {
     let mut prev: Option<(u64, u64)> = None;
     for i in 0..count {
         let (o, p) = index_entry(b, i);
-        if o < base
-            || p < SEGMENT_HEADER_LEN
-            || p >= covered
-            || prev.is_some_and(|(po, pp)| o <= po || p <= pp)
-        {
+        if o < base || p < SEGMENT_HEADER_LEN || p >= covered || prev.is_some_and(|(po, pp)| o <= po || p <= pp) {
             return Err(format!("index entry {i} is out of order or out of range"));
         }
         prev = Some((o, p));
@@ -592,10 +527,7 @@ mod tests {
             payload: Bytes::from_static(b"hello"),
             event: Some("created".into()),
             key: Some("order-17".into()),
-            headers: vec![
-                ("reply_to".into(), "replies.abc".into()),
-                ("x".into(), String::new()),
-            ],
+            headers: vec![("reply_to".into(), "replies.abc".into()), ("x".into(), String::new())],
             ttl_ms: Some(5000),
             msg_id: Some("m-1".into()),
         }
@@ -610,14 +542,7 @@ mod tests {
             let r = decode_record(&buf).unwrap();
             assert_eq!(r.size, buf.len());
             let rec = r.to_record().unwrap();
-            assert_eq!(
-                rec,
-                Record {
-                    offset: 42,
-                    timestamp_ms: 1_763_800_000_000,
-                    message: m
-                }
-            );
+            assert_eq!(rec, Record { offset: 42, timestamp_ms: 1_763_800_000_000, message: m });
         }
     }
 
@@ -628,10 +553,7 @@ mod tests {
         for bit in 0..buf.len() * 8 {
             let mut b = buf.clone();
             b[bit / 8] ^= 1 << (bit % 8);
-            assert!(
-                decode_record(&b).is_err(),
-                "flip of bit {bit} went unnoticed"
-            );
+            assert!(decode_record(&b).is_err(), "flip of bit {bit} went unnoticed");
         }
     }
 
@@ -641,16 +563,8 @@ mod tests {
         assert_eq!(decode_record(&[0; 3]).unwrap_err(), DecodeError::End);
         let mut buf = Vec::new();
         encode_record(&mut buf, 1, 1, &Message::new(&b"abc"[..]), 0);
-        assert_eq!(
-            decode_record(&buf[..buf.len() - 1]).unwrap_err(),
-            DecodeError::Short {
-                needed: Some(buf.len())
-            }
-        );
-        assert_eq!(
-            decode_record(&buf[..5]).unwrap_err(),
-            DecodeError::Short { needed: None }
-        );
+        assert_eq!(decode_record(&buf[..buf.len() - 1]).unwrap_err(), DecodeError::Short { needed: Some(buf.len()) });
+        assert_eq!(decode_record(&buf[..5]).unwrap_err(), DecodeError::Short { needed: None });
     }
 
     #[test]
@@ -665,24 +579,13 @@ mod tests {
     fn header_index_checkpoint_round_trip() {
         let h = encode_segment_header(100, 5);
         assert_eq!(decode_segment_header(&h, 100), Ok(5));
-        assert!(matches!(
-            decode_segment_header(&h, 101),
-            Err(HeaderError::Bad(_))
-        ));
-        assert_eq!(
-            decode_segment_header(&[0; 32], 100),
-            Err(HeaderError::Missing)
-        );
+        assert!(matches!(decode_segment_header(&h, 101), Err(HeaderError::Bad(_))));
+        assert_eq!(decode_segment_header(&[0; 32], 100), Err(HeaderError::Missing));
         let idx = encode_index(100, 9000, &[(100, 32), (150, 4200)]);
         assert_eq!(check_index(&idx, 100), Ok((2, 9000)));
         assert_eq!(index_entry(&idx, 1), (150, 4200));
         assert!(check_index(&idx, 99).is_err());
-        let c = Checkpoint {
-            segment: 100,
-            valid_len: 4242,
-            next_offset: 180,
-            clean: true,
-        };
+        let c = Checkpoint { segment: 100, valid_len: 4242, next_offset: 180, clean: true };
         assert_eq!(decode_checkpoint(&encode_checkpoint(&c)), Some(c));
         let mut bad = encode_checkpoint(&c);
         bad[30] ^= 1;
@@ -692,14 +595,8 @@ mod tests {
     #[test]
     fn file_names_sort_as_offsets() {
         assert_eq!(segment_file_name(42), "00000000000000000042.seg");
-        assert_eq!(
-            parse_file_name("00000000000000000042.seg", SEGMENT_SUFFIX),
-            Some(42)
-        );
+        assert_eq!(parse_file_name("00000000000000000042.seg", SEGMENT_SUFFIX), Some(42));
         assert_eq!(parse_file_name("42.seg", SEGMENT_SUFFIX), None);
-        assert_eq!(
-            parse_file_name("0000000000000000004x.seg", SEGMENT_SUFFIX),
-            None
-        );
+        assert_eq!(parse_file_name("0000000000000000004x.seg", SEGMENT_SUFFIX), None);
     }
 }

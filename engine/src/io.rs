@@ -225,12 +225,7 @@ impl Vfs for RealFs {
     }
 
     fn lock(&self, path: &Path) -> io::Result<Box<dyn fmt::Debug + Send + Sync>> {
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)?;
+        let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
         match f.try_lock() {
             Ok(()) => Ok(Box::new(f)),
             Err(std::fs::TryLockError::WouldBlock) => Err(io::Error::new(

@@ -48,9 +48,7 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
     }
 }
 
@@ -60,9 +58,7 @@ impl Clock for SystemClock {
 pub fn valid_name(name: &str) -> bool {
     (1..=200).contains(&name.len())
         && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 #[cfg(test)]
@@ -74,18 +70,7 @@ mod tests {
         for ok in ["a", "jobs", "a.dlq", "A-b_c.9", &"x".repeat(200)] {
             assert!(valid_name(ok), "{ok}");
         }
-        for bad in [
-            "",
-            ".",
-            "..",
-            ".hidden",
-            "../x",
-            "a/b",
-            "a b",
-            "é",
-            &"x".repeat(201),
-            "a\0",
-        ] {
+        for bad in ["", ".", "..", ".hidden", "../x", "a/b", "a b", "é", &"x".repeat(201), "a\0"] {
             assert!(!valid_name(bad), "{bad:?}");
         }
     }

@@ -52,9 +52,7 @@ impl std::str::FromStr for FsyncPolicy {
             "never" => Ok(FsyncPolicy::Never),
             _ => match s.strip_prefix("interval:").map(str::parse::<u64>) {
                 Some(Ok(ms)) if ms > 0 => Ok(FsyncPolicy::Interval(ms)),
-                _ => Err(format!(
-                    "fsync policy {s:?}: expected always, never or interval:MS (MS > 0)"
-                )),
+                _ => Err(format!("fsync policy {s:?}: expected always, never or interval:MS (MS > 0)")),
             },
         }
     }
@@ -77,11 +75,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig {
-            fsync: FsyncPolicy::Always,
-            segment_bytes: 64 << 20,
-            checkpoint_bytes: 16 << 20,
-        }
+        LogConfig { fsync: FsyncPolicy::Always, segment_bytes: 64 << 20, checkpoint_bytes: 16 << 20 }
     }
 }
 
@@ -89,16 +83,10 @@ impl LogConfig {
     /// Checks the settings, naming the one that is out of range.
     pub fn validate(&self) -> std::result::Result<(), String> {
         if self.segment_bytes < 4096 {
-            return Err(format!(
-                "segment_bytes = {} is below the minimum of 4096",
-                self.segment_bytes
-            ));
+            return Err(format!("segment_bytes = {} is below the minimum of 4096", self.segment_bytes));
         }
         if self.checkpoint_bytes < 4096 {
-            return Err(format!(
-                "checkpoint_bytes = {} is below the minimum of 4096",
-                self.checkpoint_bytes
-            ));
+            return Err(format!("checkpoint_bytes = {} is below the minimum of 4096", self.checkpoint_bytes));
         }
         if self.fsync == FsyncPolicy::Interval(0) {
             return Err("fsync interval must be at least 1 ms".into());
@@ -115,10 +103,7 @@ pub(crate) struct SealedSeg {
 
 impl std::fmt::Debug for SealedSeg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SealedSeg")
-            .field("len", &self.len)
-            .field("index_loaded", &self.index.get().is_some())
-            .finish()
+        f.debug_struct("SealedSeg").field("len", &self.len).field("index_loaded", &self.index.get().is_some()).finish()
     }
 }
 
@@ -170,12 +155,7 @@ impl Shared {
         move |e| Error::io(&self.name, op, e)
     }
     fn corrupt(&self, file: &Path, position: u64, reason: String) -> Error {
-        let e = Error::Corrupt {
-            queue: self.name.clone(),
-            file: file.to_path_buf(),
-            position,
-            reason,
-        };
+        let e = Error::Corrupt { queue: self.name.clone(), file: file.to_path_buf(), position, reason };
         let _ = self.quarantine.set(e.clone());
         tracing::error!(queue = %self.name, error = %e, "queue quarantined");
         e
@@ -208,18 +188,8 @@ pub(crate) struct Recovered {
 }
 
 impl QueueLog {
-    pub(crate) fn open(
-        name: &str,
-        dir: PathBuf,
-        cfg: LogConfig,
-        env: Arc<Env>,
-        r: Recovered,
-    ) -> Arc<QueueLog> {
-        let sealed = r
-            .sealed
-            .iter()
-            .map(|&(base, len)| (base, SealedSeg::new(len, None)))
-            .collect();
+    pub(crate) fn open(name: &str, dir: PathBuf, cfg: LogConfig, env: Arc<Env>, r: Recovered) -> Arc<QueueLog> {
+        let sealed = r.sealed.iter().map(|&(base, len)| (base, SealedSeg::new(len, None))).collect();
         let view = View {
             sealed,
             active_base: r.active_base,
@@ -293,17 +263,10 @@ impl QueueLog {
             b.buf.reserve(total);
             for (i, m) in msgs.iter().enumerate() {
                 let pos = b.buf.len();
-                if b.marks
-                    .last()
-                    .is_none_or(|&(_, p)| pos - p >= INDEX_INTERVAL as usize)
-                {
+                if b.marks.last().is_none_or(|&(_, p)| pos - p >= INDEX_INTERVAL as usize) {
                     b.marks.push((first + i as u64, pos));
                 }
-                let cont = if i + 1 < n {
-                    format::attrs::BATCH_CONT
-                } else {
-                    0
-                };
+                let cont = if i + 1 < n { format::attrs::BATCH_CONT } else { 0 };
                 format::encode_record(&mut b.buf, first + i as u64, now, m, cont);
             }
         })
@@ -357,31 +320,13 @@ impl QueueLog {
         }
         if from >= v.active_base {
             let start = lookup(&v.active_index, from);
-            return Some(ReadPlan {
-                path: self.sh.seg_path(v.active_base),
-                start,
-                end: v.active_len,
-                next_base: None,
-            });
+            return Some(ReadPlan { path: self.sh.seg_path(v.active_base), start, end: v.active_len, next_base: None });
         }
-        let (&base, seg) = v
-            .sealed
-            .range(..=from)
-            .next_back()
-            .or_else(|| v.sealed.iter().next())?;
-        let next_base = v
-            .sealed
-            .range(base + 1..)
-            .next()
-            .map_or(v.active_base, |(b, _)| *b);
+        let (&base, seg) = v.sealed.range(..=from).next_back().or_else(|| v.sealed.iter().next())?;
+        let next_base = v.sealed.range(base + 1..).next().map_or(v.active_base, |(b, _)| *b);
         let idx = seg.index.get_or_init(|| self.load_index(base, seg.len));
         let start = lookup_mapped(idx.as_ref().as_ref(), from);
-        Some(ReadPlan {
-            path: self.sh.seg_path(base),
-            start,
-            end: seg.len,
-            next_base: Some(next_base),
-        })
+        Some(ReadPlan { path: self.sh.seg_path(base), start, end: seg.len, next_base: Some(next_base) })
     }
 
     /// Maps a sealed segment's index, or rebuilds it from the log when it is
@@ -389,8 +334,7 @@ impl QueueLog {
     fn load_index(&self, base: u64, len: u64) -> Mapped {
         let path = self.sh.idx_path(base);
         if let Ok(m) = self.sh.env.vfs.map(&path) {
-            if matches!(format::check_index(m.as_ref().as_ref(), base), Ok((_, covered)) if covered == len)
-            {
+            if matches!(format::check_index(m.as_ref().as_ref(), base), Ok((_, covered)) if covered == len) {
                 return m;
             }
         }
@@ -426,12 +370,7 @@ impl QueueLog {
         out: &mut Vec<Record>,
         bytes: &mut usize,
     ) -> Result<()> {
-        let file = self
-            .sh
-            .env
-            .files
-            .get(&plan.path)
-            .map_err(self.sh.io("opening a segment"))?;
+        let file = self.sh.env.files.get(&plan.path).map_err(self.sh.io("opening a segment"))?;
         let mut pos = plan.start;
         let mut buf = Vec::new();
         while pos < plan.end && out.len() < max_records && *bytes < max_bytes {
@@ -442,9 +381,7 @@ impl QueueLog {
                 match format::decode_record(&buf[at..]) {
                     Ok(r) => {
                         if r.offset >= from {
-                            let rec = r
-                                .to_record()
-                                .map_err(|e| self.bad(plan, pos + at as u64, e))?;
+                            let rec = r.to_record().map_err(|e| self.bad(plan, pos + at as u64, e))?;
                             *bytes += rec.message.payload.len();
                             out.push(rec);
                             if out.len() >= max_records || *bytes >= max_bytes {
@@ -459,11 +396,7 @@ impl QueueLog {
                     Err(DecodeError::Short { needed }) => {
                         let needed = needed.unwrap_or(format::RECORD_HEADER_LEN) as u64;
                         if pos + at as u64 + needed > plan.end {
-                            return Err(self.bad(
-                                plan,
-                                pos + at as u64,
-                                DecodeError::Short { needed: None },
-                            ));
+                            return Err(self.bad(plan, pos + at as u64, DecodeError::Short { needed: None }));
                         }
                         if at == 0 {
                             // One record larger than the chunk: read it whole.
@@ -497,29 +430,17 @@ impl QueueLog {
         let doomed: Vec<u64> = {
             let v = self.sh.view();
             let bases: Vec<u64> = v.sealed.keys().copied().chain([v.active_base]).collect();
-            bases
-                .windows(2)
-                .take_while(|w| w[1] <= offset)
-                .map(|w| w[0])
-                .collect()
+            bases.windows(2).take_while(|w| w[1] <= offset).map(|w| w[0]).collect()
         };
         for &base in &doomed {
             let seg = self.sh.seg_path(base);
             self.sh.env.files.forget(&seg);
-            self.sh
-                .env
-                .vfs
-                .remove_file(&seg)
-                .map_err(self.sh.io("deleting a segment"))?;
+            self.sh.env.vfs.remove_file(&seg).map_err(self.sh.io("deleting a segment"))?;
             self.sh.view_mut().sealed.remove(&base);
             let _ = self.sh.env.vfs.remove_file(&self.sh.idx_path(base));
         }
         if !doomed.is_empty() {
-            self.sh
-                .env
-                .vfs
-                .sync_dir(&self.sh.dir)
-                .map_err(self.sh.io("syncing the queue directory"))?;
+            self.sh.env.vfs.sync_dir(&self.sh.dir).map_err(self.sh.io("syncing the queue directory"))?;
         }
         Ok(doomed.len())
     }
@@ -527,22 +448,18 @@ impl QueueLog {
     /// Waits for every append so far, syncs whatever is unsynced, and writes
     /// a checkpoint.
     pub fn flush(&self) -> Result<()> {
+        self.gc.drain()?;
         self.gc.with_sink(|s| s.sync_and_checkpoint(false))
     }
 
     /// The failure that stopped this queue, if one did.
     pub fn failure(&self) -> Option<Error> {
-        self.sh
-            .quarantine
-            .get()
-            .cloned()
-            .or_else(|| self.gc.failure())
+        self.sh.quarantine.get().cloned().or_else(|| self.gc.failure())
     }
 
     /// Where the queue's durable log ends: `(active segment base, bytes)`.
     pub(crate) fn durable_hint(&self) -> (u64, u64) {
-        self.gc
-            .with_sink(|s| (s.base, s.synced_len.max(s.acked_len())))
+        self.gc.with_sink(|s| (s.base, s.synced_len.max(s.acked_len())))
     }
 
     /// Stops accepting appends, waits for those in flight, syncs and writes
@@ -561,10 +478,7 @@ impl QueueLog {
 
 /// Adds an index entry when `pos` is at least an interval past the last one.
 pub(crate) fn index_push(entries: &mut Vec<(u64, u64)>, pos: u64, offset: u64) {
-    if entries
-        .last()
-        .is_none_or(|&(_, p)| pos >= p + INDEX_INTERVAL)
-    {
+    if entries.last().is_none_or(|&(_, p)| pos >= p + INDEX_INTERVAL) {
         entries.push((offset, pos));
     }
 }
@@ -631,16 +545,11 @@ impl LogSink {
     }
 
     fn file(&self) -> Result<Arc<dyn VFile>> {
-        self.sh
-            .env
-            .files
-            .get(&self.sh.seg_path(self.base))
-            .map_err(self.sh.io("opening the active segment"))
+        self.sh.env.files.get(&self.sh.seg_path(self.base)).map_err(self.sh.io("opening the active segment"))
     }
 
     fn sync(&mut self, file: &dyn VFile) -> Result<()> {
-        file.sync_data()
-            .map_err(self.sh.io("syncing the active segment"))?;
+        file.sync_data().map_err(self.sh.io("syncing the active segment"))?;
         self.synced_len = self.len;
         self.synced_next = self.next;
         self.dirty = false;
@@ -650,10 +559,7 @@ impl LogSink {
 
     fn guard<R>(&mut self, f: impl FnOnce(&mut Self) -> Result<R>) -> Result<R> {
         if let Some(e) = &self.failed {
-            return Err(Error::Poisoned {
-                queue: self.sh.name.clone(),
-                cause: e.to_string(),
-            });
+            return Err(Error::Poisoned { queue: self.sh.name.clone(), cause: e.to_string() });
         }
         let r = f(self);
         if let Err(e) = &r {
@@ -670,26 +576,15 @@ impl LogSink {
         let (old_base, old_len) = (self.base, self.len);
         let entries = self.sh.view().active_index.clone();
         let idx = format::encode_index(old_base, old_len, &entries);
-        if let Err(e) = self
-            .sh
-            .env
-            .vfs
-            .write_replace(&self.sh.idx_path(old_base), &idx)
-        {
+        if let Err(e) = self.sh.env.vfs.write_replace(&self.sh.idx_path(old_base), &idx) {
             // Derived data: a missing index is rebuilt on first read.
             tracing::warn!(queue = %self.sh.name, error = %e, "cannot write index file");
         }
-        create_segment(
-            &self.sh.env,
-            &self.sh.dir,
-            new_base,
-            self.sh.env.clock.now_ms(),
-        )
-        .map_err(self.sh.io("creating a segment"))?;
+        create_segment(&self.sh.env, &self.sh.dir, new_base, self.sh.env.clock.now_ms())
+            .map_err(self.sh.io("creating a segment"))?;
         {
             let mut v = self.sh.view_mut();
-            v.sealed
-                .insert(old_base, SealedSeg::new(old_len, Some(Arc::new(idx))));
+            v.sealed.insert(old_base, SealedSeg::new(old_len, Some(Arc::new(idx))));
             v.active_base = new_base;
             v.active_len = SEGMENT_HEADER_LEN;
             v.active_index.clear();
@@ -706,30 +601,15 @@ impl LogSink {
     /// Writes the active index and checkpoint covering the synced prefix.
     /// Both are derived and checked on load, so they are not synced here.
     fn write_checkpoint(&mut self, clean: bool) {
-        let entries: Vec<(u64, u64)> = self
-            .sh
-            .view()
-            .active_index
-            .iter()
-            .copied()
-            .filter(|&(_, p)| p < self.synced_len)
-            .collect();
+        let entries: Vec<(u64, u64)> =
+            self.sh.view().active_index.iter().copied().filter(|&(_, p)| p < self.synced_len).collect();
         let idx = format::encode_index(self.base, self.synced_len, &entries);
-        let ck = format::Checkpoint {
-            segment: self.base,
-            valid_len: self.synced_len,
-            next_offset: self.synced_next,
-            clean,
-        };
+        let ck =
+            format::Checkpoint { segment: self.base, valid_len: self.synced_len, next_offset: self.synced_next, clean };
         let vfs = &self.sh.env.vfs;
-        let r = vfs
-            .write_replace(&self.sh.idx_path(self.base), &idx)
-            .and_then(|()| {
-                vfs.write_replace(
-                    &self.sh.dir.join(format::CHECKPOINT_FILE),
-                    &format::encode_checkpoint(&ck),
-                )
-            });
+        let r = vfs.write_replace(&self.sh.idx_path(self.base), &idx).and_then(|()| {
+            vfs.write_replace(&self.sh.dir.join(format::CHECKPOINT_FILE), &format::encode_checkpoint(&ck))
+        });
         match r {
             Ok(()) => self.ckpt_len = self.synced_len,
             Err(e) => tracing::warn!(queue = %self.sh.name, error = %e, "cannot write checkpoint"),
@@ -756,8 +636,7 @@ impl LogSink {
         }
         let file = self.file()?;
         let start = self.len;
-        file.write_at(&batch.buf, start)
-            .map_err(self.sh.io("writing a batch"))?;
+        file.write_at(&batch.buf, start).map_err(self.sh.io("writing a batch"))?;
         self.len += batch.buf.len() as u64;
         self.next = batch.next;
         self.dirty = true;

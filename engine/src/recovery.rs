@@ -56,12 +56,7 @@ pub fn scan(
     min_offset: u64,
     mut visit: impl FnMut(u64, &RecordRef<'_>),
 ) -> io::Result<Scan> {
-    let mut s = Scan {
-        valid_end: start,
-        last_offset: None,
-        records: 0,
-        stop: None,
-    };
+    let mut s = Scan { valid_end: start, last_offset: None, records: 0, stop: None };
     let mut buf: Vec<u8> = Vec::new();
     let mut buf_pos = start;
     let mut pos = start;
@@ -77,13 +72,7 @@ pub fn scan(
             Ok(r) => {
                 if r.offset < min_offset || prev.is_some_and(|p| r.offset <= p) {
                     let after = prev.map_or(min_offset, |p| p + 1);
-                    s.stop = Some((
-                        pos,
-                        format!(
-                            "record offset {} where at least {after} was expected",
-                            r.offset
-                        ),
-                    ));
+                    s.stop = Some((pos, format!("record offset {} where at least {after} was expected", r.offset)));
                     break;
                 }
                 visit(pos, &r);
@@ -119,14 +108,7 @@ pub fn scan(
     Ok(s)
 }
 
-fn refill(
-    file: &dyn VFile,
-    buf: &mut Vec<u8>,
-    buf_pos: &mut u64,
-    pos: u64,
-    end: u64,
-    want: usize,
-) -> io::Result<()> {
+fn refill(file: &dyn VFile, buf: &mut Vec<u8>, buf_pos: &mut u64, pos: u64, end: u64, want: usize) -> io::Result<()> {
     let n = (end - pos).min(want as u64) as usize;
     buf.resize(n, 0);
     file.read_exact_at(buf, pos)?;
@@ -138,12 +120,7 @@ fn refill(
 /// at least `min_offset`, searching byte by byte. Regions over 1 GiB are
 /// reported as possibly holding one (`Some(from)`), which errs towards
 /// quarantine rather than truncation.
-pub fn find_valid_after(
-    file: &dyn VFile,
-    from: u64,
-    end: u64,
-    min_offset: u64,
-) -> io::Result<Option<u64>> {
+pub fn find_valid_after(file: &dyn VFile, from: u64, end: u64, min_offset: u64) -> io::Result<Option<u64>> {
     if from >= end {
         return Ok(None);
     }
@@ -163,10 +140,7 @@ pub fn find_valid_in(buf: &[u8], min_offset: u64) -> Option<usize> {
         let len = u32::from_le_bytes([buf[i + 4], buf[i + 5], buf[i + 6], buf[i + 7]]) as usize;
         let fits = (format::RECORD_FIXED_LEN..=format::MAX_RECORD_BODY).contains(&len)
             && len <= buf.len() - i - format::RECORD_HEADER_LEN;
-        if fits
-            && format::read_u64(buf, i + 8) >= min_offset
-            && format::decode_record(&buf[i..]).is_ok()
-        {
+        if fits && format::read_u64(buf, i + 8) >= min_offset && format::decode_record(&buf[i..]).is_ok() {
             return Some(i);
         }
         i += 1;
@@ -190,11 +164,7 @@ struct Listing {
 }
 
 fn list(vfs: &dyn Vfs, dir: &Path) -> io::Result<Listing> {
-    let mut l = Listing {
-        segments: Vec::new(),
-        indexes: BTreeSet::new(),
-        leftovers: Vec::new(),
-    };
+    let mut l = Listing { segments: Vec::new(), indexes: BTreeSet::new(), leftovers: Vec::new() };
     for n in vfs.read_dir(dir)? {
         if let Some(b) = format::parse_file_name(&n, format::SEGMENT_SUFFIX) {
             l.segments.push(b);
@@ -247,31 +217,19 @@ pub(crate) fn recover_queue(
     let mut sealed = Vec::with_capacity(sealed_bases.len());
     for &b in sealed_bases {
         let p = dir.join(format::segment_file_name(b));
-        let len = vfs
-            .open(&p, OpenMode::Read)
-            .and_then(|f| f.len())
-            .map_err(ioe("opening a segment"))?;
+        let len = vfs.open(&p, OpenMode::Read).and_then(|f| f.len()).map_err(ioe("opening a segment"))?;
         if len < SEGMENT_HEADER_LEN {
-            return Err(corrupt(
-                &p,
-                len,
-                "sealed segment is shorter than its header".into(),
-            ));
+            return Err(corrupt(&p, len, "sealed segment is shorter than its header".into()));
         }
         sealed.push((b, len));
     }
 
     let path = dir.join(format::segment_file_name(base));
-    let file = env
-        .files
-        .get(&path)
-        .map_err(ioe("opening the active segment"))?;
+    let file = env.files.get(&path).map_err(ioe("opening the active segment"))?;
     let mut flen = file.len().map_err(ioe("reading the active segment"))?;
     if let Some((hb, hlen)) = hint {
         if hb == base && flen > hlen {
-            file.set_len(hlen)
-                .and_then(|()| file.sync_data())
-                .map_err(ioe("truncating after a failure"))?;
+            file.set_len(hlen).and_then(|()| file.sync_data()).map_err(ioe("truncating after a failure"))?;
             tracing::warn!(
                 queue = name,
                 bytes = flen - hlen,
@@ -283,25 +241,16 @@ pub(crate) fn recover_queue(
     }
     let mut h = [0u8; SEGMENT_HEADER_LEN as usize];
     let got = (flen.min(SEGMENT_HEADER_LEN)) as usize;
-    file.read_exact_at(&mut h[..got], 0)
-        .map_err(ioe("reading the active segment"))?;
+    file.read_exact_at(&mut h[..got], 0).map_err(ioe("reading the active segment"))?;
     match format::decode_segment_header(&h[..got], base) {
         Ok(_) => {}
         Err(HeaderError::Missing) => {
-            if let Some(q) = find_valid_after(file.as_ref(), SEGMENT_HEADER_LEN, flen, base)
-                .map_err(ioe("scanning"))?
-            {
-                return Err(corrupt(
-                    &path,
-                    0,
-                    format!("segment header missing, yet a valid record is at byte {q}"),
-                ));
+            if let Some(q) = find_valid_after(file.as_ref(), SEGMENT_HEADER_LEN, flen, base).map_err(ioe("scanning"))? {
+                return Err(corrupt(&path, 0, format!("segment header missing, yet a valid record is at byte {q}")));
             }
             // The segment was created but its header never reached the disk.
             file.set_len(0)
-                .and_then(|()| {
-                    file.write_at(&format::encode_segment_header(base, env.clock.now_ms()), 0)
-                })
+                .and_then(|()| file.write_at(&format::encode_segment_header(base, env.clock.now_ms()), 0))
                 .and_then(|()| file.sync_data())
                 .map_err(ioe("rewriting a segment header"))?;
             stats.torn_bytes += flen.saturating_sub(SEGMENT_HEADER_LEN);
@@ -317,60 +266,32 @@ pub(crate) fn recover_queue(
         Err(HeaderError::Bad(reason)) => return Err(corrupt(&path, 0, reason)),
     }
 
-    let ck = vfs
-        .read_file(&dir.join(format::CHECKPOINT_FILE))
-        .ok()
-        .and_then(|b| format::decode_checkpoint(&b))
-        .filter(|c| {
-            c.segment == base
-                && c.valid_len >= SEGMENT_HEADER_LEN
-                && c.valid_len <= flen
-                && c.next_offset >= base
-        });
+    let ck = vfs.read_file(&dir.join(format::CHECKPOINT_FILE)).ok().and_then(|b| format::decode_checkpoint(&b)).filter(
+        |c| c.segment == base && c.valid_len >= SEGMENT_HEADER_LEN && c.valid_len <= flen && c.next_offset >= base,
+    );
     let mut start = (SEGMENT_HEADER_LEN, Vec::new(), base);
     if let Some(c) = ck {
-        if let Some(entries) = load_entries(
-            vfs,
-            &dir.join(format::index_file_name(base)),
-            base,
-            c.valid_len,
-        ) {
+        if let Some(entries) = load_entries(vfs, &dir.join(format::index_file_name(base)), base, c.valid_len) {
             start = (c.valid_len, entries, c.next_offset);
         }
     }
     let (from, mut entries, mut next) = start;
     if ck.is_some_and(|c| c.clean) && from == flen {
-        let r = Recovered {
-            sealed,
-            active_base: base,
-            active_len: flen,
-            active_index: entries,
-            next_offset: next,
-        };
+        let r = Recovered { sealed, active_base: base, active_len: flen, active_index: entries, next_offset: next };
         return Ok((r, stats));
     }
-    let s = scan(file.as_ref(), from, flen, next, |pos, r| {
-        index_push(&mut entries, pos, r.offset)
-    })
-    .map_err(ioe("scanning the active segment"))?;
+    let s = scan(file.as_ref(), from, flen, next, |pos, r| index_push(&mut entries, pos, r.offset))
+        .map_err(ioe("scanning the active segment"))?;
     stats.scanned_bytes = flen - from;
     if s.valid_end < flen {
         let resume = s.last_offset.map_or(next, |o| o + 1);
         if let Some((p, reason)) = &s.stop {
-            if let Some(q) =
-                find_valid_after(file.as_ref(), p + 1, flen, resume).map_err(ioe("scanning"))?
-            {
-                return Err(corrupt(
-                    &path,
-                    *p,
-                    format!("{reason}; a valid record follows at byte {q}"),
-                ));
+            if let Some(q) = find_valid_after(file.as_ref(), p + 1, flen, resume).map_err(ioe("scanning"))? {
+                return Err(corrupt(&path, *p, format!("{reason}; a valid record follows at byte {q}")));
             }
         }
         let dropped = flen - s.valid_end;
-        file.set_len(s.valid_end)
-            .and_then(|()| file.sync_data())
-            .map_err(ioe("truncating a torn tail"))?;
+        file.set_len(s.valid_end).and_then(|()| file.sync_data()).map_err(ioe("truncating a torn tail"))?;
         tracing::warn!(queue = name, file = %path.display(), at = s.valid_end, bytes = dropped, "truncated a torn tail");
         stats.torn_bytes += dropped;
     }
@@ -378,13 +299,7 @@ pub(crate) fn recover_queue(
     if let Some(o) = s.last_offset {
         next = o + 1;
     }
-    let r = Recovered {
-        sealed,
-        active_base: base,
-        active_len: s.valid_end,
-        active_index: entries,
-        next_offset: next,
-    };
+    let r = Recovered { sealed, active_base: base, active_len: s.valid_end, active_index: entries, next_offset: next };
     Ok((r, stats))
 }
 
@@ -456,12 +371,7 @@ pub fn queue_dirs(vfs: &dyn Vfs, data_dir: &Path) -> io::Result<Vec<(String, Pat
     if !vfs.exists(&root) {
         return Ok(Vec::new());
     }
-    Ok(vfs
-        .read_dir(&root)?
-        .into_iter()
-        .filter(|n| crate::valid_name(n))
-        .map(|n| (n.clone(), root.join(n)))
-        .collect())
+    Ok(vfs.read_dir(&root)?.into_iter().filter(|n| crate::valid_name(n)).map(|n| (n.clone(), root.join(n))).collect())
 }
 
 /// Checks every byte of a data directory (or of one queue) without writing:
@@ -482,21 +392,10 @@ pub fn verify(vfs: &dyn Vfs, data_dir: &Path, only: Option<&str>) -> io::Result<
 fn verify_queue(vfs: &dyn Vfs, name: &str, dir: &Path, rep: &mut VerifyReport) -> io::Result<()> {
     let l = list(vfs, dir)?;
     let mut add = |file: PathBuf, position: Option<u64>, kind, detail: String| {
-        rep.findings.push(Finding {
-            queue: name.to_owned(),
-            file,
-            position,
-            kind,
-            detail,
-        });
+        rep.findings.push(Finding { queue: name.to_owned(), file, position, kind, detail });
     };
     for n in &l.leftovers {
-        add(
-            dir.join(n),
-            None,
-            FindingKind::Leftover,
-            "temporary file left by an interrupted write".into(),
-        );
+        add(dir.join(n), None, FindingKind::Leftover, "temporary file left by an interrupted write".into());
     }
     let mut min_offset = 0u64;
     let mut lens = Vec::new();
@@ -514,10 +413,7 @@ fn verify_queue(vfs: &dyn Vfs, name: &str, dir: &Path, rep: &mut VerifyReport) -
                 && e == HeaderError::Missing
                 && find_valid_after(f.as_ref(), SEGMENT_HEADER_LEN, len, base)?.is_none();
             let (kind, detail) = match e {
-                _ if torn => (
-                    FindingKind::TornTail,
-                    "segment header never written; rewritten on open".to_owned(),
-                ),
+                _ if torn => (FindingKind::TornTail, "segment header never written; rewritten on open".to_owned()),
                 HeaderError::Missing => (FindingKind::Corrupt, "segment header missing".to_owned()),
                 HeaderError::Bad(r) => (FindingKind::Corrupt, r),
             };
@@ -525,13 +421,7 @@ fn verify_queue(vfs: &dyn Vfs, name: &str, dir: &Path, rep: &mut VerifyReport) -
             continue;
         }
         let limit = l.segments.get(i + 1).copied();
-        let s = scan(
-            f.as_ref(),
-            SEGMENT_HEADER_LEN,
-            len,
-            min_offset.max(base),
-            |_, _| {},
-        )?;
+        let s = scan(f.as_ref(), SEGMENT_HEADER_LEN, len, min_offset.max(base), |_, _| {})?;
         rep.records += s.records;
         if let (Some(last), Some(lim)) = (s.last_offset, limit) {
             if last >= lim {
@@ -545,10 +435,8 @@ fn verify_queue(vfs: &dyn Vfs, name: &str, dir: &Path, rep: &mut VerifyReport) -
         }
         if s.valid_end < len {
             let at = s.stop.as_ref().map_or(s.valid_end, |(p, _)| *p);
-            let reason = s.stop.as_ref().map_or(
-                "unfinished batch at the end of the file".to_owned(),
-                |(_, r)| r.clone(),
-            );
+            let reason =
+                s.stop.as_ref().map_or("unfinished batch at the end of the file".to_owned(), |(_, r)| r.clone());
             let resume = s.last_offset.map_or(min_offset.max(base), |o| o + 1);
             let follows = match &s.stop {
                 Some((p, _)) => find_valid_after(f.as_ref(), p + 1, len, resume)?,
@@ -559,21 +447,11 @@ fn verify_queue(vfs: &dyn Vfs, name: &str, dir: &Path, rep: &mut VerifyReport) -
                     path.clone(),
                     Some(at),
                     FindingKind::TornTail,
-                    format!(
-                        "{reason}; {} bytes will be truncated on open",
-                        len - s.valid_end
-                    ),
+                    format!("{reason}; {} bytes will be truncated on open", len - s.valid_end),
                 );
             } else {
-                let more = follows.map_or(String::new(), |q| {
-                    format!("; a valid record follows at byte {q}")
-                });
-                add(
-                    path.clone(),
-                    Some(at),
-                    FindingKind::Corrupt,
-                    format!("{reason}{more}"),
-                );
+                let more = follows.map_or(String::new(), |q| format!("; a valid record follows at byte {q}"));
+                add(path.clone(), Some(at), FindingKind::Corrupt, format!("{reason}{more}"));
             }
         }
         if let Some(o) = s.last_offset {
@@ -589,59 +467,37 @@ fn verify_queue(vfs: &dyn Vfs, name: &str, dir: &Path, rep: &mut VerifyReport) -
     let cp = dir.join(format::CHECKPOINT_FILE);
     if vfs.exists(&cp) {
         match format::decode_checkpoint(&vfs.read_file(&cp)?) {
-            None => add(
-                cp,
-                None,
-                FindingKind::Checkpoint,
-                "checkpoint unreadable (ignored on open)".into(),
-            ),
+            None => add(cp, None, FindingKind::Checkpoint, "checkpoint unreadable (ignored on open)".into()),
             Some(c) => match lens.iter().find(|(b, _)| *b == c.segment) {
                 Some((_, len)) if c.valid_len <= *len => {}
-                Some(_) => add(
-                    cp,
-                    None,
-                    FindingKind::Checkpoint,
-                    "checkpoint covers more bytes than its segment holds".into(),
-                ),
+                Some(_) => {
+                    add(cp, None, FindingKind::Checkpoint, "checkpoint covers more bytes than its segment holds".into())
+                }
                 None if lens.last().is_some_and(|(b, _)| *b > c.segment) => {}
-                None => add(
-                    cp,
-                    None,
-                    FindingKind::Checkpoint,
-                    format!("checkpoint names missing segment {}", c.segment),
-                ),
+                None => {
+                    add(cp, None, FindingKind::Checkpoint, format!("checkpoint names missing segment {}", c.segment))
+                }
             },
         }
     }
     Ok(())
 }
 
-fn check_index_file(
-    vfs: &dyn Vfs,
-    path: &Path,
-    seg: &dyn VFile,
-    base: u64,
-    len: u64,
-) -> io::Result<Option<String>> {
+fn check_index_file(vfs: &dyn Vfs, path: &Path, seg: &dyn VFile, base: u64, len: u64) -> io::Result<Option<String>> {
     let b = vfs.read_file(path)?;
     let (n, covered) = match format::check_index(&b, base) {
         Ok(x) => x,
         Err(e) => return Ok(Some(e)),
     };
     if covered > len {
-        return Ok(Some(format!(
-            "index covers {covered} bytes, segment holds {len}"
-        )));
+        return Ok(Some(format!("index covers {covered} bytes, segment holds {len}")));
     }
     let mut hdr = [0u8; format::RECORD_HEADER_LEN + format::RECORD_FIXED_LEN];
     for i in 0..n {
         let (o, p) = format::index_entry(&b, i);
-        let ok = seg.read_exact_at(&mut hdr, p).is_ok()
-            && format::read_u64(&hdr, format::RECORD_HEADER_LEN) == o;
+        let ok = seg.read_exact_at(&mut hdr, p).is_ok() && format::read_u64(&hdr, format::RECORD_HEADER_LEN) == o;
         if !ok {
-            return Ok(Some(format!(
-                "entry {i} (offset {o} at byte {p}) does not point at that record"
-            )));
+            return Ok(Some(format!("entry {i} (offset {o} at byte {p}) does not point at that record")));
         }
     }
     Ok(None)
@@ -664,12 +520,7 @@ pub struct RepairReport {
 /// do not check out are removed (they are rebuilt), leftovers are removed.
 /// With `dry_run` nothing is written and the report says what would be done.
 /// The caller must hold the data directory's lock.
-pub fn repair(
-    vfs: &dyn Vfs,
-    data_dir: &Path,
-    only: Option<&str>,
-    dry_run: bool,
-) -> io::Result<RepairReport> {
+pub fn repair(vfs: &dyn Vfs, data_dir: &Path, only: Option<&str>, dry_run: bool) -> io::Result<RepairReport> {
     let v = verify(vfs, data_dir, only)?;
     let mut rep = RepairReport::default();
     let mut touched_dirs = BTreeSet::new();
@@ -683,10 +534,7 @@ pub fn repair(
                 touched_dirs.insert((dir.clone(), f.file.clone()));
                 rewrite_segment(vfs, &f.file, dry_run, &mut rep)?;
                 // The index and the checkpoint no longer match the log.
-                for derived in [
-                    f.file.with_extension("idx"),
-                    dir.join(format::CHECKPOINT_FILE),
-                ] {
+                for derived in [f.file.with_extension("idx"), dir.join(format::CHECKPOINT_FILE)] {
                     if vfs.exists(&derived) {
                         rep.actions.push(format!("remove {}", derived.display()));
                         if !dry_run {
@@ -697,8 +545,7 @@ pub fn repair(
             }
             FindingKind::Index | FindingKind::Checkpoint | FindingKind::Leftover => {
                 if vfs.exists(&f.file) {
-                    rep.actions
-                        .push(format!("remove {} ({})", f.file.display(), f.detail));
+                    rep.actions.push(format!("remove {} ({})", f.file.display(), f.detail));
                     if !dry_run {
                         vfs.remove_file(&f.file)?;
                     }
@@ -712,16 +559,8 @@ pub fn repair(
     Ok(rep)
 }
 
-fn rewrite_segment(
-    vfs: &dyn Vfs,
-    path: &Path,
-    dry_run: bool,
-    rep: &mut RepairReport,
-) -> io::Result<()> {
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or_default();
+fn rewrite_segment(vfs: &dyn Vfs, path: &Path, dry_run: bool, rep: &mut RepairReport) -> io::Result<()> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
     let Some(base) = format::parse_file_name(name, format::SEGMENT_SUFFIX) else {
         return Ok(());
     };
@@ -735,14 +574,11 @@ fn rewrite_segment(
     let mut hdr = vec![0u8; len.min(SEGMENT_HEADER_LEN) as usize];
     f.read_exact_at(&mut hdr, 0)?;
     if format::decode_segment_header(&hdr, base).is_err() {
-        rep.actions
-            .push(format!("{}: rewrite the segment header", path.display()));
+        rep.actions.push(format!("{}: rewrite the segment header", path.display()));
     }
     while pos < len {
         let mut ranges = Vec::new();
-        let s = scan(f.as_ref(), pos, len, min, |p, r| {
-            ranges.push((p, r.size, r.offset))
-        })?;
+        let s = scan(f.as_ref(), pos, len, min, |p, r| ranges.push((p, r.size, r.offset)))?;
         for (p, size, off) in ranges {
             let mut b = vec![0u8; size];
             f.read_exact_at(&mut b, p)?;
@@ -753,27 +589,18 @@ fn rewrite_segment(
         let Some((at, reason)) = s.stop else { break };
         match find_valid_after(f.as_ref(), at + 1, len, min)? {
             Some(q) => {
-                rep.actions.push(format!(
-                    "{}: drop bytes {at}..{q} ({reason})",
-                    path.display()
-                ));
+                rep.actions.push(format!("{}: drop bytes {at}..{q} ({reason})", path.display()));
                 dropped += q - at;
                 pos = q;
             }
             None => {
-                rep.actions.push(format!(
-                    "{}: drop bytes {at}..{len} at the tail ({reason})",
-                    path.display()
-                ));
+                rep.actions.push(format!("{}: drop bytes {at}..{len} at the tail ({reason})", path.display()));
                 dropped += len - at;
                 break;
             }
         }
     }
-    rep.actions.push(format!(
-        "{}: rewrite keeping {kept} valid records",
-        path.display()
-    ));
+    rep.actions.push(format!("{}: rewrite keeping {kept} valid records", path.display()));
     rep.records_kept += kept;
     rep.bytes_dropped += dropped;
     if !dry_run {
@@ -784,12 +611,8 @@ fn rewrite_segment(
 
 /// Takes the data directory's lock, as the engine does on open, so offline
 /// tools never write under a live server.
-pub fn lock_data_dir(
-    vfs: &dyn Vfs,
-    data_dir: &Path,
-) -> Result<Box<dyn std::fmt::Debug + Send + Sync>> {
-    vfs.create_dir_all(data_dir)
-        .map_err(|e| Error::io("", "creating the data directory", e))?;
+pub fn lock_data_dir(vfs: &dyn Vfs, data_dir: &Path) -> Result<Box<dyn std::fmt::Debug + Send + Sync>> {
+    vfs.create_dir_all(data_dir).map_err(|e| Error::io("", "creating the data directory", e))?;
     vfs.lock(&data_dir.join(format::LOCK_FILE)).map_err(|e| {
         if e.kind() == io::ErrorKind::WouldBlock {
             Error::Locked(data_dir.to_path_buf())
@@ -801,24 +624,14 @@ pub fn lock_data_dir(
 
 /// Reads every stored record of a segment file (for inspection tools):
 /// `(position, record)` up to the first damage, and the scan outcome.
-pub fn read_segment_file(
-    vfs: &dyn Vfs,
-    path: &Path,
-    base: u64,
-) -> io::Result<(Vec<(u64, format::Record)>, Scan)> {
+pub fn read_segment_file(vfs: &dyn Vfs, path: &Path, base: u64) -> io::Result<(Vec<(u64, format::Record)>, Scan)> {
     let f: Arc<dyn VFile> = vfs.open(path, OpenMode::Read)?;
     let len = f.len()?;
     let mut out = Vec::new();
-    let s = scan(
-        f.as_ref(),
-        SEGMENT_HEADER_LEN.min(len),
-        len,
-        base,
-        |p, r| {
-            if let Ok(rec) = r.to_record() {
-                out.push((p, rec));
-            }
-        },
-    )?;
+    let s = scan(f.as_ref(), SEGMENT_HEADER_LEN.min(len), len, base, |p, r| {
+        if let Ok(rec) = r.to_record() {
+            out.push((p, rec));
+        }
+    })?;
     Ok((out, s))
 }

@@ -133,10 +133,7 @@ impl State {
     fn file_id(&self, path: &Path) -> io::Result<u64> {
         match self.names.get(path) {
             Some(Node::File(id)) => Ok(*id),
-            Some(Node::Dir) => Err(io::Error::other(format!(
-                "{} is a directory",
-                path.display()
-            ))),
+            Some(Node::Dir) => Err(io::Error::other(format!("{} is a directory", path.display()))),
             None => Err(not_found(path)),
         }
     }
@@ -176,10 +173,7 @@ fn apply_op(data: &mut Vec<u8>, op: &Op) {
 }
 
 fn not_found(p: &Path) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::NotFound,
-        format!("{}: no such file", p.display()),
-    )
+    io::Error::new(io::ErrorKind::NotFound, format!("{}: no such file", p.display()))
 }
 
 fn eio() -> io::Error {
@@ -268,15 +262,8 @@ impl SimFs {
                         let end = pos + data.len() as u64;
                         let first = (pos / SECTOR + 1) * SECTOR;
                         let cuts: Vec<u64> = (first..end).step_by(SECTOR as usize).collect();
-                        let cut = if cuts.is_empty() {
-                            *pos
-                        } else {
-                            cuts[st.below(cuts.len() as u64) as usize]
-                        };
-                        let torn = Op::Write {
-                            pos: *pos,
-                            data: data[..(cut - pos) as usize].to_vec(),
-                        };
+                        let cut = if cuts.is_empty() { *pos } else { cuts[st.below(cuts.len() as u64) as usize] };
+                        let torn = Op::Write { pos: *pos, data: data[..(cut - pos) as usize].to_vec() };
                         apply_op(&mut img, &torn);
                     }
                     op => apply_op(&mut img, op),
@@ -287,22 +274,10 @@ impl SimFs {
             f.unsynced.clear();
             st.files.insert(id, f);
         }
-        let live: HashSet<u64> = st
-            .names
-            .values()
-            .filter_map(|n| {
-                if let Node::File(id) = n {
-                    Some(*id)
-                } else {
-                    None
-                }
-            })
-            .collect();
+        let live: HashSet<u64> =
+            st.names.values().filter_map(|n| if let Node::File(id) = n { Some(*id) } else { None }).collect();
         st.files.retain(|id, _| live.contains(id));
-        SimFs {
-            state: self.state.clone(),
-            epoch: st.epoch,
-        }
+        SimFs { state: self.state.clone(), epoch: st.epoch }
     }
 
     /// Fails the sync or write that comes after `after` more of its kind.
@@ -350,12 +325,7 @@ impl SimFs {
 
     /// Every file path that currently exists, sorted.
     pub fn files(&self) -> Vec<PathBuf> {
-        self.st()
-            .names
-            .iter()
-            .filter(|(_, n)| matches!(n, Node::File(_)))
-            .map(|(p, _)| p.clone())
-            .collect()
+        self.st().names.iter().filter(|(_, n)| matches!(n, Node::File(_))).map(|(p, _)| p.clone()).collect()
     }
 }
 
@@ -378,9 +348,7 @@ impl SimFile {
 }
 
 fn file_mut(st: &mut State, id: u64) -> io::Result<&mut FileData> {
-    st.files
-        .get_mut(&id)
-        .ok_or_else(|| io::Error::other("simulated file vanished"))
+    st.files.get_mut(&id).ok_or_else(|| io::Error::other("simulated file vanished"))
 }
 
 impl VFile for SimFile {
@@ -399,34 +367,21 @@ impl VFile for SimFile {
 
     fn write_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
         if !self.writable {
-            return Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                "read-only handle",
-            ));
+            return Err(io::Error::new(io::ErrorKind::PermissionDenied, "read-only handle"));
         }
         self.with(|st, id| {
             let len = file_mut(st, id)?.data.len() as u64;
             let grows = pos + buf.len() as u64 > len;
             let fail = st.fault(FaultKind::Write) || (grows && st.faults.full);
-            let n = if fail {
-                st.below(buf.len() as u64) as usize
-            } else {
-                buf.len()
-            };
-            let op = Op::Write {
-                pos,
-                data: buf[..n].to_vec(),
-            };
+            let n = if fail { st.below(buf.len() as u64) as usize } else { buf.len() };
+            let op = Op::Write { pos, data: buf[..n].to_vec() };
             let f = file_mut(st, id)?;
             if n > 0 {
                 apply_op(&mut f.data, &op);
                 f.unsynced.push(op);
             }
             if fail {
-                Err(io::Error::new(
-                    io::ErrorKind::StorageFull,
-                    "simulated ENOSPC",
-                ))
+                Err(io::Error::new(io::ErrorKind::StorageFull, "simulated ENOSPC"))
             } else {
                 Ok(())
             }
@@ -480,10 +435,7 @@ impl Vfs for SimFs {
                         id
                     }
                     Some(_) => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::AlreadyExists,
-                            format!("{} exists", path.display()),
-                        ))
+                        return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{} exists", path.display())))
                     }
                     None => {
                         let id = st.next_id;
@@ -495,22 +447,13 @@ impl Vfs for SimFs {
                 }
             }
         };
-        Ok(Arc::new(SimFile {
-            fs: self.clone(),
-            id,
-            epoch: st.epoch,
-            writable: mode != OpenMode::Read,
-        }))
+        Ok(Arc::new(SimFile { fs: self.clone(), id, epoch: st.epoch, writable: mode != OpenMode::Read }))
     }
 
     fn map(&self, path: &Path) -> io::Result<Mapped> {
         let st = self.live()?;
         let id = st.file_id(path)?;
-        let data = st
-            .files
-            .get(&id)
-            .map(|f| f.data.clone())
-            .unwrap_or_default();
+        let data = st.files.get(&id).map(|f| f.data.clone()).unwrap_or_default();
         Ok(Arc::new(data))
     }
 
@@ -524,9 +467,7 @@ impl Vfs for SimFs {
             }
             match st.names.get(&cur) {
                 Some(Node::Dir) => {}
-                Some(Node::File(_)) => {
-                    return Err(io::Error::other(format!("{} is a file", cur.display())))
-                }
+                Some(Node::File(_)) => return Err(io::Error::other(format!("{} is a file", cur.display()))),
                 None => st.link(&cur, Node::Dir),
             }
         }
@@ -562,12 +503,7 @@ impl Vfs for SimFs {
         if st.names.get(path) != Some(&Node::Dir) {
             return Err(not_found(path));
         }
-        let doomed: Vec<PathBuf> = st
-            .names
-            .keys()
-            .filter(|p| p.starts_with(path))
-            .cloned()
-            .collect();
+        let doomed: Vec<PathBuf> = st.names.keys().filter(|p| p.starts_with(path)).cloned().collect();
         for p in doomed.iter().rev() {
             st.unlink(p);
         }
@@ -589,8 +525,7 @@ impl Vfs for SimFs {
             return Err(eio());
         }
         let ops = std::mem::take(&mut st.dir_ops);
-        let (mine, rest): (Vec<DirOp>, Vec<DirOp>) =
-            ops.into_iter().partition(|op| op.parent() == path);
+        let (mine, rest): (Vec<DirOp>, Vec<DirOp>) = ops.into_iter().partition(|op| op.parent() == path);
         for op in &mine {
             apply_dir_op(&mut st.durable_names, op);
         }
@@ -605,16 +540,9 @@ impl Vfs for SimFs {
     fn lock(&self, path: &Path) -> io::Result<Box<dyn fmt::Debug + Send + Sync>> {
         let mut st = self.live()?;
         if !st.locks.insert(path.to_path_buf()) {
-            return Err(io::Error::new(
-                io::ErrorKind::WouldBlock,
-                format!("{} is locked", path.display()),
-            ));
+            return Err(io::Error::new(io::ErrorKind::WouldBlock, format!("{} is locked", path.display())));
         }
-        Ok(Box::new(SimLock {
-            fs: self.clone(),
-            path: path.to_path_buf(),
-            epoch: st.epoch,
-        }))
+        Ok(Box::new(SimLock { fs: self.clone(), path: path.to_path_buf(), epoch: st.epoch }))
     }
 }
 
@@ -653,10 +581,7 @@ mod tests {
             g.sync_data().unwrap();
             let old = fs.clone();
             let fs = fs.crash();
-            assert!(
-                old.open(Path::new("/d/c"), OpenMode::CreateNew).is_err(),
-                "a dead process cannot write"
-            );
+            assert!(old.open(Path::new("/d/c"), OpenMode::CreateNew).is_err(), "a dead process cannot write");
             assert!(f.len().is_err(), "stale handle must fail");
             let data = fs.read_file(Path::new("/d/a")).unwrap();
             assert!(data.len() >= 1000 && data.len() <= 3000, "seed {seed}");
