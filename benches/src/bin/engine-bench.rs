@@ -572,3 +572,112 @@ fn targets(runs: &[Run], ratios: &[Ratio]) -> Vec<Target> {
     });
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gmq_benches::latency::LatencySummary;
+
+    fn args(extra: &[&str]) -> Args {
+        Args::parse_from(std::iter::once("engine-bench").chain(extra.iter().copied()))
+    }
+
+    #[test]
+    fn default_matrix() -> Result<()> {
+        let cells = cells(&args(&[]))?;
+        assert_eq!(cells.len(), 3 * 3 * 3 + 1);
+        let piped: Vec<String> =
+            cells.iter().filter(|c| matches!(c.load, Load::Pipelined { .. })).map(Cell::label).collect();
+        assert_eq!(piped, ["never / 100 B / 1 (window 1024)"]);
+        // Shown right after the closed-loop cells of the same policy and size.
+        let at = cells.iter().position(|c| matches!(c.load, Load::Pipelined { .. })).unwrap_or_default();
+        assert_eq!(cells[at - 1].label(), "never / 100 B / 64");
+        Ok(())
+    }
+
+    #[test]
+    fn pipelined_selection() -> Result<()> {
+        assert_eq!(cells(&args(&["--pipelined", "all", "--window", "8"]))?.len(), 27 + 9);
+        assert_eq!(cells(&args(&["--pipelined", "none"]))?.len(), 27);
+        assert!(cells(&args(&["--pipelined", "always/7"])).is_err());
+        assert!(cells(&args(&["--pipelined", "sometimes/100"])).is_err());
+        let one = cells(&args(&["--policies", "always", "--sizes", "1k", "--appenders", "64", "--pipelined", "none"]))?;
+        assert_eq!(one.iter().map(Cell::label).collect::<Vec<_>>(), ["always / 1 KiB / 64"]);
+        Ok(())
+    }
+
+    fn cell(policy: &str, payload: usize, load: Load, rate: f64) -> CellResult {
+        CellResult {
+            policy: policy.into(),
+            payload,
+            record_bytes: payload + 25,
+            load,
+            records: rate as u64,
+            seconds: 1.0,
+            records_per_s: rate,
+            mb_per_s: rate * payload as f64 / 1e6,
+            log_mb_per_s: rate * (payload + 25) as f64 / 1e6,
+            latency: LatencySummary::default(),
+            cpu: CpuUse::default(),
+        }
+    }
+
+    fn fio(syncs_per_s: f64, mb_per_s: f64) -> FioResult {
+        FioResult {
+            bytes: 0,
+            seconds: 1.0,
+            writes: 0,
+            syncs: 0,
+            syncs_per_s,
+            mb_per_s,
+            sync_p50_us: 200.0,
+            sync_p99_us: 500.0,
+        }
+    }
+
+    fn run(always_1k_64: f64, always_64k_8: f64, never_piped: f64) -> Run {
+        Run {
+            started: 0,
+            load_before: 0.0,
+            load_after: 0.0,
+            cpu: CpuUse::default(),
+            retried: 0,
+            disturbed: 0,
+            fio_sync: Some(fio(4000.0, 4.0)),
+            fio_seq: Some(fio(200.0, 200.0)),
+            cells: vec![
+                cell("always", 1024, Load::Closed { appenders: 64 }, always_1k_64),
+                cell("always", 65536, Load::Closed { appenders: 8 }, always_64k_8),
+                cell("never", 100, Load::Closed { appenders: 1 }, 30_000.0),
+                cell("never", 100, Load::Pipelined { window: 1024 }, never_piped),
+            ],
+        }
+    }
+
+    #[test]
+    fn targets_use_medians_and_same_run_ratios() {
+        let a = args(&["--appenders", "1,8,64"]);
+        // 64 KiB at 8 appenders: 2000 rec/s = 131 MB/s = 65.5 % of 200 MB/s;
+        // 2200 rec/s = 72 %.
+        let runs = vec![
+            run(160_000.0, 2000.0, 900_000.0),
+            run(140_000.0, 2200.0, 1_100_000.0),
+            run(155_000.0, 2200.0, 1_200_000.0),
+        ];
+        let r = ratios(&runs, &a);
+        let seq = r.iter().find(|r| r.key == "seq").map(|r| median(&r.per_run)).unwrap_or_default();
+        assert!((seq - 2200.0 * 65536.0 / 1e6 / 200.0 * 100.0).abs() < 1e-9, "{seq}");
+        let per_sync = r.iter().find(|r| r.key == "per_sync").map(|r| median(&r.per_run)).unwrap_or_default();
+        assert!((per_sync - 155_000.0 / 4000.0).abs() < 1e-9);
+        let t = targets(&runs, &r);
+        let verdicts: Vec<&str> = t.iter().map(|t| t.verdict.as_str()).collect();
+        assert_eq!(verdicts, ["yes", "yes", "yes"], "{:?}", t.iter().map(|t| &t.measured).collect::<Vec<_>>());
+        assert!(t[2].measured.contains("1 100 000 records/s pipelined"), "{}", t[2].measured);
+
+        let slow = vec![run(100_000.0, 1000.0, 500_000.0)];
+        let t = targets(&slow, &ratios(&slow, &a));
+        assert!(t.iter().all(|t| t.verdict == "**no**"));
+        let none: Vec<Run> = Vec::new();
+        assert!(targets(&none, &ratios(&none, &a)).iter().all(|t| t.measured == "not measured"));
+    }
+}
