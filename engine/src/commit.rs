@@ -176,6 +176,8 @@ pub trait Job: Send + Sync + std::fmt::Debug {
     fn run(self: Arc<Self>, timer: bool) -> Next;
     /// The pool is gone: fail whatever waits.
     fn abandon(&self);
+    /// `run` panicked (a bug): fail whatever waits and stop the queue.
+    fn panicked(&self);
 }
 
 /// One queue's group-commit state.
@@ -337,7 +339,11 @@ impl<S: Sink + std::fmt::Debug> Job for GroupCommit<S> {
             p.inflight = Some(slot.clone());
             (batch, slot)
         };
+        // If the sink panics, the guard fails the batch's waiters instead of
+        // leaving them waiting forever; the pool then fail-stops the queue.
+        let guard = FailOnUnwind(&slot);
         let r = lock(&self.sink).commit(&batch);
+        std::mem::forget(guard);
         if let Err(e) = &r {
             slot.complete(Err(e.clone()));
         } else {
@@ -351,6 +357,22 @@ impl<S: Sink + std::fmt::Debug> Job for GroupCommit<S> {
 
     fn abandon(&self) {
         self.fail_pending(Error::ShuttingDown, false);
+    }
+
+    fn panicked(&self) {
+        self.fail_pending(internal_error(), true);
+    }
+}
+
+fn internal_error() -> Error {
+    Error::Internal("the committer panicked; the queue is stopped".into())
+}
+
+struct FailOnUnwind<'a>(&'a Slot);
+
+impl Drop for FailOnUnwind<'_> {
+    fn drop(&mut self) {
+        self.0.complete(Err(internal_error()));
     }
 }
 
@@ -436,7 +458,7 @@ impl CommitPool {
                     return ran;
                 }
             };
-            let next = job.clone().run(timer);
+            let next = run_job(&job, timer);
             requeue(&self.shared, job, next);
             ran += 1;
         }
@@ -494,8 +516,22 @@ fn worker(shared: &PoolShared) {
                 };
             }
         };
-        let next = job.clone().run(timer);
+        let next = run_job(&job, timer);
         requeue(shared, job, next);
+    }
+}
+
+/// Runs a job, containing a panic to its own queue so the committer thread
+/// and every other queue keep going.
+fn run_job(job: &Arc<dyn Job>, timer: bool) -> Next {
+    let j = job.clone();
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || j.run(timer))) {
+        Ok(next) => next,
+        Err(_) => {
+            tracing::error!("committer panicked; the queue is stopped");
+            job.panicked();
+            Next::Idle
+        }
     }
 }
 

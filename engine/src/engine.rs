@@ -98,6 +98,7 @@ impl Engine {
         let queues_dir = root.join(format::QUEUES_DIR);
         let ioe = |op| move |e| Error::io("", op, e);
         vfs.create_dir_all(&queues_dir).map_err(ioe("creating the data directory"))?;
+        vfs.sync_dir(&queues_dir).map_err(ioe("syncing the data directory"))?;
         vfs.sync_dir(&root).map_err(ioe("syncing the data directory"))?;
         vfs.sync_dir(crate::io::parent(&root)).map_err(ioe("syncing the data directory"))?;
         let lock = recovery::lock_data_dir(vfs.as_ref(), &root)?;

@@ -56,6 +56,9 @@ pub enum Error {
     /// Another process holds the data directory.
     #[error("data directory {} is in use by another process", .0.display())]
     Locked(PathBuf),
+    /// A bug: a committer panicked. The queue is stopped; see the log.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// The engine is closing.
     #[error("the engine is shutting down")]
     ShuttingDown,

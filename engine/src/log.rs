@@ -315,6 +315,8 @@ impl QueueLog {
 
     fn plan(&self, from: u64) -> Option<ReadPlan> {
         let v = self.sh.view();
+        // Nothing is retained below the oldest segment's base.
+        let from = from.max(v.sealed.keys().next().copied().unwrap_or(v.active_base));
         if from >= v.next_offset {
             return None;
         }
@@ -322,7 +324,7 @@ impl QueueLog {
             let start = lookup(&v.active_index, from);
             return Some(ReadPlan { path: self.sh.seg_path(v.active_base), start, end: v.active_len, next_base: None });
         }
-        let (&base, seg) = v.sealed.range(..=from).next_back().or_else(|| v.sealed.iter().next())?;
+        let (&base, seg) = v.sealed.range(..=from).next_back()?;
         let next_base = v.sealed.range(base + 1..).next().map_or(v.active_base, |(b, _)| *b);
         let idx = seg.index.get_or_init(|| self.load_index(base, seg.len));
         let start = lookup_mapped(idx.as_ref().as_ref(), from);
@@ -592,6 +594,7 @@ impl LogSink {
         self.base = new_base;
         self.len = SEGMENT_HEADER_LEN;
         self.synced_len = SEGMENT_HEADER_LEN;
+        self.ckpt_len = SEGMENT_HEADER_LEN;
         self.last_entry_pos = 0;
         self.write_checkpoint(false);
         tracing::debug!(queue = %self.sh.name, base = new_base, "rolled to a new segment");
@@ -667,7 +670,7 @@ impl LogSink {
             v.next_offset = batch.next;
             v.active_index.extend(fresh);
         }
-        if self.len - self.ckpt_len >= cfg.checkpoint_bytes {
+        if self.len.saturating_sub(self.ckpt_len) >= cfg.checkpoint_bytes {
             if self.dirty {
                 self.sync(file.as_ref())?;
                 deadline = None;

@@ -253,6 +253,7 @@ pub(crate) fn recover_queue(
                 .and_then(|()| file.write_at(&format::encode_segment_header(base, env.clock.now_ms()), 0))
                 .and_then(|()| file.sync_data())
                 .map_err(ioe("rewriting a segment header"))?;
+            vfs.sync_dir(dir).map_err(ioe("syncing the queue directory"))?;
             stats.torn_bytes += flen.saturating_sub(SEGMENT_HEADER_LEN);
             let r = Recovered {
                 sealed,
@@ -280,6 +281,11 @@ pub(crate) fn recover_queue(
         let r = Recovered { sealed, active_base: base, active_len: flen, active_index: entries, next_offset: next };
         return Ok((r, stats));
     }
+    // An unclean stop: what the dead process wrote may sit in the page cache
+    // only (a directory entry whose sync failed, records never synced). Make
+    // it durable before anything is built on it or shown to a reader.
+    file.sync_data().map_err(ioe("syncing the active segment"))?;
+    vfs.sync_dir(dir).map_err(ioe("syncing the queue directory"))?;
     let s = scan(file.as_ref(), from, flen, next, |pos, r| index_push(&mut entries, pos, r.offset))
         .map_err(ioe("scanning the active segment"))?;
     stats.scanned_bytes = flen - from;
