@@ -89,9 +89,14 @@ struct Args {
     /// Times a disturbed cell is run again; the last attempt counts.
     #[arg(long, default_value_t = 2)]
     retries: usize,
-    /// Seconds to wait before running a disturbed cell again.
-    #[arg(long, default_value_t = 3.0)]
+    /// Before running a disturbed cell again, wait up to this many seconds
+    /// for other processes to use at most `--max-others-cpu` CPUs.
+    #[arg(long, default_value_t = 15.0)]
     retry_pause: f64,
+    /// Before each run, wait up to this many seconds for other processes to
+    /// use at most `--max-others-cpu` CPUs.
+    #[arg(long, default_value_t = 120.0)]
+    quiet_wait: f64,
     /// Measure even when the directory is on tmpfs (figures then say
     /// nothing about a disk).
     #[arg(long)]
@@ -136,8 +141,13 @@ fn main() -> Result<()> {
         bail!("--runs must be at least 1");
     }
     let valid = |x: f64| x.is_finite() && x >= 0.0;
-    if !valid(args.duration) || args.duration == 0.0 || !valid(args.warmup) || !valid(args.retry_pause) {
-        bail!("--duration must be positive, --warmup and --retry-pause non-negative");
+    if !valid(args.duration)
+        || args.duration == 0.0
+        || !valid(args.warmup)
+        || !valid(args.retry_pause)
+        || !valid(args.quiet_wait)
+    {
+        bail!("--duration must be positive, --warmup, --retry-pause and --quiet-wait non-negative");
     }
     let dir = args.dir.canonicalize().with_context(|| format!("--dir {}", args.dir.display()))?;
     let machine = MachineInfo::probe(&dir);
@@ -168,6 +178,10 @@ fn main() -> Result<()> {
     let mut runs = Vec::with_capacity(args.runs);
     for i in 1..=args.runs {
         let started = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let waited = wait_quiet(args.max_others_cpu, secs(args.quiet_wait), machine.cpus);
+        if waited > Duration::ZERO {
+            eprintln!("[run {i}/{}] waited {:.0} s for a quieter machine", args.runs, waited.as_secs_f64());
+        }
         let load_before = load_average();
         let cpu_before = CpuSample::now();
         let t = Instant::now();
@@ -215,8 +229,8 @@ fn main() -> Result<()> {
                 }
                 attempt += 1;
                 retried += 1;
-                eprintln!("[run {i}/{}] disturbed by other processes; again in {} s", args.runs, args.retry_pause);
-                std::thread::sleep(secs(args.retry_pause));
+                eprintln!("[run {i}/{}] disturbed by other processes; running it again", args.runs);
+                wait_quiet(args.max_others_cpu, secs(args.retry_pause), machine.cpus);
             };
             results.push(r);
         }
@@ -251,6 +265,20 @@ fn main() -> Result<()> {
         std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+/// Waits, one second at a time and at most `limit`, until other processes
+/// keep at most `max_others` CPUs busy. Returns how long it waited.
+fn wait_quiet(max_others: f64, limit: Duration, cpus: usize) -> Duration {
+    let start = Instant::now();
+    loop {
+        let a = CpuSample::now();
+        std::thread::sleep(Duration::from_secs(1));
+        let others = a.until(&CpuSample::now(), cpus).others_cpus;
+        if others <= max_others || start.elapsed() >= limit {
+            return start.elapsed().saturating_sub(Duration::from_secs(1));
+        }
+    }
 }
 
 fn secs(s: f64) -> Duration {
