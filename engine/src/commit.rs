@@ -211,7 +211,7 @@ impl<S: Sink + std::fmt::Debug> GroupCommit<S> {
     pub fn append(self: &Arc<Self>, count: u64, encode: impl FnOnce(&mut Batch, u64)) -> Result<Append, Error> {
         let mut p = lock(&self.pending);
         if let Some(e) = &p.failed {
-            return Err(e.clone());
+            return Err(e.stopped_by());
         }
         if p.closed {
             return Err(Error::ShuttingDown);

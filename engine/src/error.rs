@@ -69,6 +69,14 @@ impl Error {
         Error::Io { queue: queue.to_owned(), op, source: Arc::new(e) }
     }
 
+    /// The error later calls get from a queue that `self` stopped.
+    pub(crate) fn stopped_by(&self) -> Error {
+        match self {
+            Error::Io { queue, .. } => Error::Poisoned { queue: queue.clone(), cause: self.to_string() },
+            e => e.clone(),
+        }
+    }
+
     /// Whether this is a storage failure (the operation was not performed).
     pub fn is_storage(&self) -> bool {
         matches!(self, Error::Io { .. } | Error::Poisoned { .. })

@@ -602,7 +602,11 @@ impl LogSink {
     }
 
     /// Writes the active index and checkpoint covering the synced prefix.
-    /// Both are derived and checked on load, so they are not synced here.
+    /// Both are derived and checked on load. The periodic ones are synced
+    /// (a few fsyncs per `checkpoint_bytes`, off the per-append path) so a
+    /// power cut rescans at most `checkpoint_bytes`; the one a clean close
+    /// writes is not, so closing 10 000 queues stays fast (if a power cut
+    /// takes it, the next open scans the active segment instead).
     fn write_checkpoint(&mut self, clean: bool) {
         let entries: Vec<(u64, u64)> =
             self.sh.view().active_index.iter().copied().filter(|&(_, p)| p < self.synced_len).collect();
@@ -610,9 +614,13 @@ impl LogSink {
         let ck =
             format::Checkpoint { segment: self.base, valid_len: self.synced_len, next_offset: self.synced_next, clean };
         let vfs = &self.sh.env.vfs;
-        let r = vfs.write_replace(&self.sh.idx_path(self.base), &idx).and_then(|()| {
-            vfs.write_replace(&self.sh.dir.join(format::CHECKPOINT_FILE), &format::encode_checkpoint(&ck))
-        });
+        let ck_path = self.sh.dir.join(format::CHECKPOINT_FILE);
+        let ck_bytes = format::encode_checkpoint(&ck);
+        let r = if clean {
+            vfs.write_replace(&self.sh.idx_path(self.base), &idx).and_then(|()| vfs.write_replace(&ck_path, &ck_bytes))
+        } else {
+            vfs.write_atomic(&self.sh.idx_path(self.base), &idx).and_then(|()| vfs.write_atomic(&ck_path, &ck_bytes))
+        };
         match r {
             Ok(()) => self.ckpt_len = self.synced_len,
             Err(e) => tracing::warn!(queue = %self.sh.name, error = %e, "cannot write checkpoint"),

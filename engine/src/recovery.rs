@@ -292,6 +292,16 @@ pub(crate) fn recover_queue(
     if s.valid_end < flen {
         let resume = s.last_offset.map_or(next, |o| o + 1);
         if let Some((p, reason)) = &s.stop {
+            // Bytes a checkpoint covers were synced: damage there is not a
+            // write the crash cut off.
+            if let Some(c) = ck.filter(|c| *p < c.valid_len) {
+                let covered = c.valid_len;
+                return Err(corrupt(
+                    &path,
+                    *p,
+                    format!("{reason}; the checkpoint says the first {covered} bytes were synced"),
+                ));
+            }
             if let Some(q) = find_valid_after(file.as_ref(), p + 1, flen, resume).map_err(ioe("scanning"))? {
                 return Err(corrupt(&path, *p, format!("{reason}; a valid record follows at byte {q}")));
             }
@@ -403,6 +413,8 @@ fn verify_queue(vfs: &dyn Vfs, name: &str, dir: &Path, rep: &mut VerifyReport) -
     for n in &l.leftovers {
         add(dir.join(n), None, FindingKind::Leftover, "temporary file left by an interrupted write".into());
     }
+    let cp = dir.join(format::CHECKPOINT_FILE);
+    let ckpt = if vfs.exists(&cp) { format::decode_checkpoint(&vfs.read_file(&cp)?) } else { None };
     let mut min_offset = 0u64;
     let mut lens = Vec::new();
     for (i, &base) in l.segments.iter().enumerate() {
@@ -448,7 +460,8 @@ fn verify_queue(vfs: &dyn Vfs, name: &str, dir: &Path, rep: &mut VerifyReport) -
                 Some((p, _)) => find_valid_after(f.as_ref(), p + 1, len, resume)?,
                 None => None,
             };
-            if active && follows.is_none() {
+            let synced = ckpt.filter(|c| c.segment == base).is_some_and(|c| at < c.valid_len);
+            if active && follows.is_none() && !synced {
                 add(
                     path.clone(),
                     Some(at),
@@ -470,9 +483,8 @@ fn verify_queue(vfs: &dyn Vfs, name: &str, dir: &Path, rep: &mut VerifyReport) -
             }
         }
     }
-    let cp = dir.join(format::CHECKPOINT_FILE);
     if vfs.exists(&cp) {
-        match format::decode_checkpoint(&vfs.read_file(&cp)?) {
+        match ckpt {
             None => add(cp, None, FindingKind::Checkpoint, "checkpoint unreadable (ignored on open)".into()),
             Some(c) => match lens.iter().find(|(b, _)| *b == c.segment) {
                 Some((_, len)) if c.valid_len <= *len => {}
