@@ -10,6 +10,10 @@
 //!   what one publisher pipelining its requests does. A closed-loop single
 //!   appender pays a thread handoff to the committer and back per record;
 //!   a pipelined one does not.
+//! - **async tasks** ([`Load::Tasks`]): `n` tasks on one current-thread
+//!   tokio runtime, each awaiting its append before issuing the next — the
+//!   closed loop as the server runs it. Completion wakes a task (a queue
+//!   push) instead of a thread (a futex wake and a context switch each).
 //!
 //! Every cell opens a fresh engine in a fresh directory, appends to one
 //! queue for `warmup + duration`, and counts only the appends that complete
@@ -46,6 +50,12 @@ pub enum Load {
         /// Appends in flight at most.
         window: usize,
     },
+    /// This many async tasks on one current-thread tokio runtime, each
+    /// awaiting its append before the next.
+    Tasks {
+        /// Appender tasks.
+        tasks: usize,
+    },
 }
 
 impl Load {
@@ -54,6 +64,7 @@ impl Load {
         match self {
             Load::Closed { appenders } => appenders.to_string(),
             Load::Pipelined { window } => format!("1 (window {window})"),
+            Load::Tasks { tasks } => format!("{tasks} tasks"),
         }
     }
 }
@@ -147,6 +158,7 @@ pub fn run_cell(cell: &Cell, settings: &Settings) -> Result<CellResult> {
     let (records, latency, seconds) = match cell.load {
         Load::Closed { appenders } => closed(&q, &msg, appenders, settings)?,
         Load::Pipelined { window } => pipelined(&q, &msg, window, settings)?,
+        Load::Tasks { tasks: n } => tasks(&q, &msg, n, settings)?,
     };
     let cpu = before.until(&CpuSample::now(), cpus);
     drop(q);
@@ -270,6 +282,44 @@ fn pipelined(q: &Arc<QueueLog>, msg: &Message, window: usize, s: &Settings) -> R
     Ok((count, lat, s.duration.as_secs_f64()))
 }
 
+fn tasks(q: &Arc<QueueLog>, msg: &Message, n: usize, s: &Settings) -> Result<(u64, Latency, f64)> {
+    let rt = tokio::runtime::Builder::new_current_thread().build().context("starting a tokio runtime")?;
+    rt.block_on(async {
+        // Tasks start only once this function awaits, all within one poll.
+        let w = Window::starting_now(s);
+        let handles: Vec<_> = (0..n.max(1))
+            .map(|_| {
+                let (q, msg) = (q.clone(), msg.clone());
+                tokio::spawn(async move {
+                    let mut lat = Latency::new();
+                    let mut count = 0u64;
+                    loop {
+                        let t0 = Instant::now();
+                        if t0 >= w.end {
+                            break;
+                        }
+                        q.append(&msg).context("append")?.await.context("append completion")?;
+                        let t1 = Instant::now();
+                        if w.counts(t1) {
+                            count += 1;
+                            lat.record(t1 - t0);
+                        }
+                    }
+                    Ok::<_, anyhow::Error>((count, lat))
+                })
+            })
+            .collect();
+        let mut total = 0;
+        let mut lat = Latency::new();
+        for h in handles {
+            let (c, l) = h.await.context("an appender task failed")??;
+            total += c;
+            lat.merge(&l);
+        }
+        Ok((total, lat, s.duration.as_secs_f64()))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,6 +354,17 @@ mod tests {
         assert!(r.records > 0, "{r:?}");
         assert_eq!(r.latency.count, r.records);
         assert_eq!(cell.label(), "never / 1 KiB / 1 (window 64)");
+        Ok(())
+    }
+
+    #[test]
+    fn async_task_cells_await_appends() -> Result<()> {
+        let (_base, s) = quick()?;
+        let cell = Cell { policy: FsyncPolicy::Always, payload: 100, load: Load::Tasks { tasks: 8 } };
+        let r = run_cell(&cell, &s)?;
+        assert!(r.records > 0, "{r:?}");
+        assert_eq!(r.latency.count, r.records);
+        assert_eq!(cell.label(), "always / 100 B / 8 tasks");
         Ok(())
     }
 }

@@ -57,6 +57,11 @@ struct Args {
     /// before issuing the next.
     #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
     appenders: Vec<usize>,
+    /// Closed-loop async appender counts: tasks on one current-thread tokio
+    /// runtime, each awaiting its append before issuing the next (how the
+    /// server waits). 0 for none.
+    #[arg(long, value_delimiter = ',', default_value = "64")]
+    tasks: Vec<usize>,
     /// Appends one pipelined appender keeps in flight.
     #[arg(long, default_value_t = 1024)]
     window: usize,
@@ -267,6 +272,25 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// The commit this binary's source tree is at, and whether the engine had
+/// uncommitted changes (the figures then belong to that working tree).
+fn engine_version() -> Option<String> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent()?;
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(root)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let head = git(&["log", "-1", "--format=%h %s"])?;
+    let dirty = git(&["status", "--porcelain", "--", "engine"]).is_some_and(|s| !s.is_empty());
+    Some(format!("commit {head}{}", if dirty { " (plus uncommitted changes under engine/)" } else { "" }))
+}
+
 /// Waits, one second at a time and at most `limit`, until other processes
 /// keep at most `max_others` CPUs busy. Returns how long it waited.
 fn wait_quiet(max_others: f64, limit: Duration, cpus: usize) -> Duration {
@@ -306,8 +330,8 @@ fn cells(args: &Args) -> Result<Vec<Cell>> {
     let mut out = Vec::new();
     for &policy in &args.policies {
         for &payload in &args.sizes {
-            for &appenders in &args.appenders {
-                out.push(Cell { policy, payload, load: Load::Closed { appenders: appenders.max(1) } });
+            for load in closed_loads(args) {
+                out.push(Cell { policy, payload, load });
             }
             if all || piped.remove(&(policy_label(policy), payload)) {
                 out.push(Cell { policy, payload, load: Load::Pipelined { window: args.window.max(1) } });
@@ -350,6 +374,9 @@ fn render(
     let n = runs.len();
     let _ = writeln!(o, "# GMQ engine append benchmark\n\n```\n{command}\n```\n");
     let _ = writeln!(o, "{}", machine.describe());
+    if let Some(v) = engine_version() {
+        let _ = writeln!(o, "- engine: {v}");
+    }
     let _ = writeln!(
         o,
         "- each cell: fresh engine and queue, {} s warm-up, {} s measured; {} committer threads; \
@@ -364,6 +391,7 @@ fn render(
     let _ = writeln!(
         o,
         "Appenders: closed-loop threads, each waiting for its append before the next; \
+         `N tasks`: async tasks on one current-thread tokio runtime, each awaiting its append before the next; \
          `1 (window W)`: one thread keeping up to W appends in flight. MB/s counts payload bytes (10^6). \
          Latency: `append` → completion seen by the appender.\n"
     );
@@ -495,14 +523,35 @@ struct Ratio {
     fmt: fn(f64) -> String,
 }
 
+/// A load in words: `8 threads`, `64 tasks`, `1 thread, window 1024`.
+fn load_words(load: Load) -> String {
+    match load {
+        Load::Closed { appenders: 1 } => "1 thread".into(),
+        Load::Closed { appenders } => format!("{appenders} threads"),
+        Load::Pipelined { window } => format!("1 thread, window {window}"),
+        Load::Tasks { tasks: 1 } => "1 task".into(),
+        Load::Tasks { tasks } => format!("{tasks} tasks"),
+    }
+}
+
+/// The closed-loop loads asked for: appender threads, then async tasks.
+fn closed_loads(args: &Args) -> Vec<Load> {
+    let mut out: Vec<Load> = Vec::new();
+    let threads = args.appenders.iter().filter(|&&a| a > 0).map(|&a| Load::Closed { appenders: a });
+    let tasks = args.tasks.iter().filter(|&&t| t > 0).map(|&t| Load::Tasks { tasks: t });
+    for l in threads.chain(tasks) {
+        if !out.contains(&l) {
+            out.push(l);
+        }
+    }
+    out
+}
+
 fn ratios(runs: &[Run], args: &Args) -> Vec<Ratio> {
     let always = policy_label(FsyncPolicy::Always);
     let mut out = Vec::new();
-    let mut counts: Vec<usize> = args.appenders.iter().map(|&a| a.max(1)).collect();
-    counts.sort_unstable();
-    counts.dedup();
-    for &a in &counts {
-        let load = Load::Closed { appenders: a };
+    let loads = closed_loads(args);
+    for &load in &loads {
         let per: Vec<f64> = runs
             .iter()
             .filter_map(|r| Some(find(r, &always, 64 << 10, load)?.mb_per_s / r.fio_seq?.mb_per_s * 100.0))
@@ -510,25 +559,28 @@ fn ratios(runs: &[Run], args: &Args) -> Vec<Ratio> {
         if !per.is_empty() {
             out.push(Ratio {
                 key: "seq",
-                name: format!("always / 64 KiB / {a} appenders: MB/s as % of fio 1 MiB+fdatasync MB/s"),
+                name: format!("always / 64 KiB / {}: MB/s as % of fio 1 MiB+fdatasync MB/s", load_words(load)),
                 per_run: per,
                 fmt: pct,
             });
         }
     }
-    let per: Vec<f64> = runs
-        .iter()
-        .filter_map(|r| {
-            Some(find(r, &always, 1 << 10, Load::Closed { appenders: 64 })?.records_per_s / r.fio_sync?.syncs_per_s)
-        })
-        .collect();
-    if !per.is_empty() {
-        out.push(Ratio {
-            key: "per_sync",
-            name: "always / 1 KiB / 64 appenders: records/s ÷ fio 1 KiB fdatasyncs/s (records per sync)".into(),
-            per_run: per,
-            fmt: sig3,
-        });
+    for load in [Load::Closed { appenders: 64 }, Load::Tasks { tasks: 64 }] {
+        let per: Vec<f64> = runs
+            .iter()
+            .filter_map(|r| Some(find(r, &always, 1 << 10, load)?.records_per_s / r.fio_sync?.syncs_per_s))
+            .collect();
+        if !per.is_empty() {
+            out.push(Ratio {
+                key: "per_sync",
+                name: format!(
+                    "always / 1 KiB / {}: records/s ÷ fio 1 KiB fdatasyncs/s (records per sync)",
+                    load_words(load)
+                ),
+                per_run: per,
+                fmt: sig3,
+            });
+        }
     }
     out
 }
@@ -551,13 +603,22 @@ fn targets(runs: &[Run], ratios: &[Ratio]) -> Vec<Target> {
     let mut out = Vec::new();
 
     let name = format!("always, 64 appenders, 1 KiB: ≥ {} records/s", grouped(TARGET_ALWAYS_1K_64));
-    out.push(match rate(&always, 1 << 10, Load::Closed { appenders: 64 }) {
-        Some(s) => Target {
+    let mut measured = Vec::new();
+    let mut verdicts = Vec::new();
+    for load in [Load::Closed { appenders: 64 }, Load::Tasks { tasks: 64 }] {
+        if let Some(s) = rate(&always, 1 << 10, load) {
+            measured.push(format!("{} records/s ({})", grouped(s.median), load_words(load)));
+            verdicts.push((load_words(load), s.median >= TARGET_ALWAYS_1K_64));
+        }
+    }
+    out.push(match verdicts.as_slice() {
+        [] => Target { name, measured: "not measured".into(), verdict: "–".into() },
+        [(_, ok)] => Target { name, measured: measured.join("; "), verdict: verdict(*ok) },
+        many => Target {
             name,
-            measured: format!("{} records/s", grouped(s.median)),
-            verdict: verdict(s.median >= TARGET_ALWAYS_1K_64),
+            measured: measured.join("; "),
+            verdict: many.iter().map(|(w, ok)| format!("{}: {w}", verdict(*ok))).collect::<Vec<_>>().join("; "),
         },
-        None => Target { name, measured: "not measured".into(), verdict: "–".into() },
     });
 
     let name = format!("always, 64 KiB: ≥ {TARGET_ALWAYS_64K_PCT:.0} % of fio's sequential durable bandwidth");
@@ -569,7 +630,11 @@ fn targets(runs: &[Run], ratios: &[Ratio]) -> Vec<Target> {
     out.push(match best {
         Some((p, which)) => Target {
             name,
-            measured: format!("{} (best: {})", pct(p), which.split(':').next().unwrap_or_default()),
+            measured: format!(
+                "{} (best: {})",
+                pct(p),
+                which.split(':').next().unwrap_or_default().trim_start_matches("always / 64 KiB / ")
+            ),
             verdict: verdict(p >= TARGET_ALWAYS_64K_PCT),
         },
         None => Target { name, measured: "not measured".into(), verdict: "–".into() },
@@ -613,23 +678,36 @@ mod tests {
     #[test]
     fn default_matrix() -> Result<()> {
         let cells = cells(&args(&[]))?;
-        assert_eq!(cells.len(), 3 * 3 * 3 + 1);
+        assert_eq!(cells.len(), 3 * 3 * 4 + 1);
         let piped: Vec<String> =
             cells.iter().filter(|c| matches!(c.load, Load::Pipelined { .. })).map(Cell::label).collect();
         assert_eq!(piped, ["never / 100 B / 1 (window 1024)"]);
         // Shown right after the closed-loop cells of the same policy and size.
         let at = cells.iter().position(|c| matches!(c.load, Load::Pipelined { .. })).unwrap_or_default();
-        assert_eq!(cells[at - 1].label(), "never / 100 B / 64");
+        assert_eq!(cells[at - 2].label(), "never / 100 B / 64");
+        assert_eq!(cells[at - 1].label(), "never / 100 B / 64 tasks");
         Ok(())
     }
 
     #[test]
     fn pipelined_selection() -> Result<()> {
-        assert_eq!(cells(&args(&["--pipelined", "all", "--window", "8"]))?.len(), 27 + 9);
-        assert_eq!(cells(&args(&["--pipelined", "none"]))?.len(), 27);
+        assert_eq!(cells(&args(&["--pipelined", "all", "--window", "8"]))?.len(), 36 + 9);
+        assert_eq!(cells(&args(&["--pipelined", "none", "--tasks", "0"]))?.len(), 27);
+        assert_eq!(cells(&args(&["--pipelined", "none", "--tasks", "8,64", "--appenders", "1"]))?.len(), 27);
         assert!(cells(&args(&["--pipelined", "always/7"])).is_err());
         assert!(cells(&args(&["--pipelined", "sometimes/100"])).is_err());
-        let one = cells(&args(&["--policies", "always", "--sizes", "1k", "--appenders", "64", "--pipelined", "none"]))?;
+        let one = cells(&args(&[
+            "--policies",
+            "always",
+            "--sizes",
+            "1k",
+            "--appenders",
+            "64",
+            "--pipelined",
+            "none",
+            "--tasks",
+            "0",
+        ]))?;
         assert_eq!(one.iter().map(Cell::label).collect::<Vec<_>>(), ["always / 1 KiB / 64"]);
         Ok(())
     }
@@ -701,6 +779,12 @@ mod tests {
         let verdicts: Vec<&str> = t.iter().map(|t| t.verdict.as_str()).collect();
         assert_eq!(verdicts, ["yes", "yes", "yes"], "{:?}", t.iter().map(|t| &t.measured).collect::<Vec<_>>());
         assert!(t[2].measured.contains("1 100 000 records/s pipelined"), "{}", t[2].measured);
+
+        let mut mixed = vec![run(100_000.0, 1000.0, 500_000.0)];
+        mixed[0].cells.push(cell("always", 1024, Load::Tasks { tasks: 64 }, 151_000.0));
+        let t = targets(&mixed, &ratios(&mixed, &a));
+        assert_eq!(t[0].verdict, "**no**: 64 threads; yes: 64 tasks");
+        assert_eq!(t[0].measured, "100 000 records/s (64 threads); 151 000 records/s (64 tasks)");
 
         let slow = vec![run(100_000.0, 1000.0, 500_000.0)];
         let t = targets(&slow, &ratios(&slow, &a));
