@@ -159,4 +159,17 @@ fn main() {
     gen.extend_from_slice(&[0x5a; 1000]);
     gen.extend_from_slice(&record(1, &Message::new(vec![0x5au8; 1000]), 0)[..300]);
     write(&dir, "gen_torn_large_record", &gen);
+    //   The unfinished-batch input again with a clean checkpoint over its
+    //   first batch and a bit flipped under it: corruption, not a torn tail.
+    let mut gen = vec![8u8 | 0x20 | 0x40 | 0x80];
+    gen.extend_from_slice(&[2, 0, 0, 0, b'h', b'i']);
+    gen.extend_from_slice(&[0, 0, 1, 1]);
+    gen.extend_from_slice(&[1, 0, 62, 0, b'x']);
+    gen.extend_from_slice(&[3, 0, 1, 2, 1, 2, 3]);
+    gen.extend_from_slice(&[20, 0, 3]);
+    write(&dir, "gen_checkpoint_then_bit_flip_under_it", &gen);
+    //   A checkpoint over two records, then a torn third: still a torn tail.
+    let mut gen = vec![6u8 | 0x20, 3, 0, 0, 0, b'o', b'n', b'e', 3, 0, 0, 0, b't', b'w', b'o'];
+    gen.extend_from_slice(&record(2, &Message::new(&b"three"[..]), 0)[..20]);
+    write(&dir, "gen_checkpoint_then_torn_record", &gen);
 }

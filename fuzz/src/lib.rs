@@ -13,7 +13,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use gmq_engine::format::{self, attrs, DecodeError, HeaderError, Message, Record, SEGMENT_HEADER_LEN};
+use gmq_engine::format::{self, attrs, Checkpoint, DecodeError, HeaderError, Message, Record, SEGMENT_HEADER_LEN};
 use gmq_engine::io::{OpenMode, VFile, Vfs};
 use gmq_engine::sim::SimFs;
 use gmq_engine::{Clock, Engine, EngineConfig, Error};
@@ -211,27 +211,36 @@ fn check_segment_header(data: &[u8]) {
 // ---------------------------------------------------------------------------
 // segment_recovery
 
-/// The segment file for a `segment_recovery` input.
+/// The segment file for a `segment_recovery` input, and the checkpoint to
+/// store beside it, if any.
 ///
-/// Odd (or absent) first byte: the input itself. Even first byte `b`: a valid
-/// header for base 0, then `(b >> 1) % 16` generated records, then the rest
-/// of the input as raw bytes. Each generated record takes four input bytes:
-/// a little-endian u16 payload length (clipped to what is left; the payload
-/// bytes follow in the input), `flags` and `gap`:
+/// Odd (or absent) first byte: the input itself, no checkpoint. Even first
+/// byte `b`: a valid header for base 0, then `(b >> 1) % 16` generated
+/// records, then the rest of the input as raw bytes. Each generated record
+/// takes four input bytes: a little-endian u16 payload length (clipped to
+/// what is left; the payload bytes follow in the input), `flags` and `gap`:
 ///
 /// * `flags & 1`: BATCH_CONT (the batch goes on in the next record);
 /// * `flags & 2, 4, 8, 16`: ttl, event, key, msg_id; `flags & 32`: headers;
 /// * `gap & 3`: offsets skipped before this record (offsets may have gaps).
 ///
-/// Missing control bytes end the records early.
-pub fn build_segment(data: &[u8]) -> Vec<u8> {
-    let Some(&first) = data.first() else { return Vec::new() };
+/// Missing control bytes end the records early. Then, in `b`:
+///
+/// * `b & 0x20`: a checkpoint as the engine writes it, covering the generated
+///   records up to the end of their last complete batch (no index file, so
+///   recovery still scans from byte 32); `b & 0x40`: its CLEAN flag;
+/// * `b & 0x80`: damage: three more input bytes, a u16 position (modulo the
+///   generated records' length) and a bit number, flip one bit of the
+///   generated records (bit rot in synced bytes).
+pub fn build_segment(data: &[u8]) -> (Vec<u8>, Option<Checkpoint>) {
+    let Some(&first) = data.first() else { return (Vec::new(), None) };
     if first % 2 == 1 {
-        return data.to_vec();
+        return (data.to_vec(), None);
     }
     let mut out = format::encode_segment_header(0, EPOCH_MS).to_vec();
     let mut rest = &data[1..];
     let mut next = 0u64;
+    let (mut synced_len, mut synced_next) = (out.len(), 0);
     for i in 0..usize::from(first >> 1) % 16 {
         let [l0, l1, flags, gap, tail @ ..] = rest else { break };
         let len = usize::from(u16::from_le_bytes([*l0, *l1])).min(tail.len());
@@ -242,9 +251,28 @@ pub fn build_segment(data: &[u8]) -> Vec<u8> {
         let cont = if flags & 1 != 0 { attrs::BATCH_CONT } else { 0 };
         format::encode_record(&mut out, offset, EPOCH_MS + offset, &m, cont);
         next = offset + 1;
+        if cont == 0 {
+            (synced_len, synced_next) = (out.len(), next);
+        }
+    }
+    let checkpoint = (first & 0x20 != 0).then_some(Checkpoint {
+        segment: 0,
+        valid_len: synced_len as u64,
+        next_offset: synced_next,
+        clean: first & 0x40 != 0,
+    });
+    if first & 0x80 != 0 {
+        if let [p0, p1, bit, tail @ ..] = rest {
+            rest = tail;
+            let generated = out.len() - SEGMENT_HEADER_LEN as usize;
+            if generated > 0 {
+                let at = SEGMENT_HEADER_LEN as usize + usize::from(u16::from_le_bytes([*p0, *p1])) % generated;
+                out[at] ^= 1 << (bit & 7);
+            }
+        }
     }
     out.extend_from_slice(rest);
-    out
+    (out, checkpoint)
 }
 
 fn generated_message(i: usize, payload: &[u8], flags: u8) -> Message {
@@ -307,7 +335,7 @@ fn naive_walk(seg: &[u8]) -> (Vec<Seen>, Option<usize>) {
     (seen, None)
 }
 
-fn expect(seg: &[u8]) -> Expect {
+fn expect(seg: &[u8], checkpoint: Option<Checkpoint>) -> Expect {
     let hlen = seg.len().min(SEGMENT_HEADER_LEN as usize);
     match format::decode_segment_header(&seg[..hlen], 0) {
         Ok(_) => {}
@@ -320,6 +348,10 @@ fn expect(seg: &[u8]) -> Expect {
             };
         }
     }
+
+    // Recovery trusts a checkpoint only if it fits the segment.
+    let checkpoint =
+        checkpoint.filter(|c| c.segment == 0 && c.valid_len >= SEGMENT_HEADER_LEN && c.valid_len <= seg.len() as u64);
 
     // The engine's own scanner over the same bytes, cross-checked against the
     // naive walk (it reads in chunks; the walk has everything in memory).
@@ -342,6 +374,11 @@ fn expect(seg: &[u8]) -> Expect {
     assert_eq!(s.last_offset, walked[..complete].last().map(|r| r.offset));
 
     if let Some(p) = stop {
+        // Bytes a checkpoint covers were synced: damage there is corruption,
+        // whatever follows it.
+        if checkpoint.is_some_and(|c| (p as u64) < c.valid_len) {
+            return Expect::Corrupt { position: p as u64 };
+        }
         let resume = s.last_offset.map_or(0, |o| o + 1);
         if naive_find_valid(seg, p + 1, resume).is_some() {
             return Expect::Corrupt { position: p as u64 };
@@ -390,8 +427,8 @@ pub fn segment_recovery(data: &[u8]) {
     if data.len() > MAX_INPUT {
         return;
     }
-    let seg = build_segment(data);
-    let want = expect(&seg);
+    let (seg, checkpoint) = build_segment(data);
+    let want = expect(&seg, checkpoint);
 
     let fs = SimFs::new(u64::from(crc32fast::hash(data)));
     let path = segment_path();
@@ -402,6 +439,11 @@ pub fn segment_recovery(data: &[u8]) {
     ok(f.write_at(&seg, 0));
     ok(f.sync_data());
     drop(f);
+    if let Some(c) = checkpoint {
+        let f = fs.open(&qdir.join(format::CHECKPOINT_FILE), OpenMode::CreateNew).expect("create the checkpoint");
+        ok(f.write_at(&format::encode_checkpoint(&c), 0));
+        ok(f.sync_data());
+    }
     for d in ["/", DATA_DIR, "/d/queues", "/d/queues/q"] {
         ok(fs.sync_dir(Path::new(d)));
     }
@@ -536,6 +578,40 @@ mod tests {
         out
     }
 
+    /// The seeds reach every outcome the oracle knows.
+    #[test]
+    fn seed_outcomes() {
+        let want = [
+            ("raw_engine_segment", "open"),
+            ("raw_header_only", "open"),
+            ("raw_torn_mid_record", "open"),
+            ("raw_unfinished_batch", "open"),
+            ("raw_zero_padded_tail", "open"),
+            ("raw_bit_flip_last_record", "open"),
+            ("raw_offset_goes_back_at_tail", "open"),
+            ("raw_bit_flip_mid_log", "corrupt"),
+            ("raw_bad_magic", "corrupt"),
+            ("raw_bad_magic_then_unparsable_body", "corrupt"),
+            ("raw_checksummed_unparsable_body", "read fails"),
+            ("gen_unfinished_batch", "open"),
+            ("gen_torn_large_record", "open"),
+            ("gen_garbage_then_valid_record", "corrupt"),
+            ("gen_checkpoint_then_bit_flip_under_it", "corrupt"),
+            ("gen_checkpoint_then_torn_record", "open"),
+        ];
+        let seeds = corpus("segment_recovery");
+        for (name, kind) in want {
+            let (_, data) = seeds.iter().find(|(p, _)| p.ends_with(name)).unwrap_or_else(|| panic!("no seed {name}"));
+            let (seg, ck) = build_segment(data);
+            let got = match expect(&seg, ck) {
+                Expect::Open { .. } => "open",
+                Expect::Corrupt { .. } => "corrupt",
+                Expect::ReadFails { .. } => "read fails",
+            };
+            assert_eq!(got, kind, "{name}");
+        }
+    }
+
     #[test]
     fn record_decode_seed_corpus() {
         for (name, data) in corpus("record_decode") {
@@ -646,7 +722,8 @@ assert read_checkpoint(os.path.join(QDIR, "checkpoint"))["clean"]
         // Even first byte: 3 records; payload lengths 2, 0, 1; the second
         // record continues its batch, the third has every optional field.
         let input = [6u8, 2, 0, 0, 0, b'h', b'i', 0, 0, 1, 1, 1, 0, 62, 0, b'x', 0xde, 0xad];
-        let seg = build_segment(&input);
+        let (seg, checkpoint) = build_segment(&input);
+        assert_eq!(checkpoint, None);
         let (walked, stop) = naive_walk(&seg);
         assert_eq!(walked.iter().map(|w| w.offset).collect::<Vec<_>>(), vec![0, 2, 3]);
         assert_eq!(stop, Some(seg.len() - 2));
