@@ -14,8 +14,10 @@
 //! from disk. Nothing is retried, because after a failed fsync the kernel may
 //! have dropped the dirty pages while reporting later syncs as clean.
 //!
-//! This module uses [`crate::sync`] so `tests/loom_commit.rs` model-checks
-//! this exact code.
+//! This module takes its mutexes, condition variables and threads from
+//! `crate::sync`, so `tests/loom_commit.rs` model-checks this exact code.
+//! (Handles stay `std::sync::Arc`: loom's cannot be a method receiver or a
+//! `dyn` pointer, and reference counts are not what is under test.)
 
 use std::future::Future;
 use std::ops::Range;
@@ -24,7 +26,9 @@ use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use crate::error::Error;
-use crate::sync::{lock, thread, Arc, Condvar, Mutex};
+use std::sync::Arc;
+
+use crate::sync::{lock, thread, Condvar, Mutex};
 
 /// Completion shared by every append of one batch.
 #[derive(Debug, Default)]
@@ -173,7 +177,7 @@ pub enum Next {
 /// Work the pool runs.
 pub trait Job: Send + Sync + std::fmt::Debug {
     /// Runs one round; `timer` tells a timer firing from ordinary work.
-    fn run(self: Arc<Self>, timer: bool) -> Next;
+    fn run(&self, timer: bool) -> Next;
     /// The pool is gone: fail whatever waits.
     fn abandon(&self);
     /// `run` panicked (a bug): fail whatever waits and stop the queue.
@@ -313,7 +317,7 @@ impl<S: Sink + std::fmt::Debug> GroupCommit<S> {
 }
 
 impl<S: Sink + std::fmt::Debug> Job for GroupCommit<S> {
-    fn run(self: Arc<Self>, timer: bool) -> Next {
+    fn run(&self, timer: bool) -> Next {
         if timer {
             let r = lock(&self.sink).tick();
             if r.is_err() {
@@ -344,15 +348,22 @@ impl<S: Sink + std::fmt::Debug> Job for GroupCommit<S> {
         let guard = FailOnUnwind(&slot);
         let r = lock(&self.sink).commit(&batch);
         std::mem::forget(guard);
-        if let Err(e) = &r {
-            slot.complete(Err(e.clone()));
-        } else {
-            slot.complete(Ok(()));
-            let mut buf = batch.buf;
-            buf.clear();
-            lock(&self.pending).spare = buf;
+        match r {
+            Err(e) => {
+                // Stop the queue before anyone hears of the failure, so no
+                // append slips in between.
+                let next = self.after(Err(e.clone()));
+                slot.complete(Err(e));
+                next
+            }
+            Ok(deadline) => {
+                slot.complete(Ok(()));
+                let mut buf = batch.buf;
+                buf.clear();
+                lock(&self.pending).spare = buf;
+                self.after(Ok(deadline))
+            }
         }
-        self.after(r)
     }
 
     fn abandon(&self) {

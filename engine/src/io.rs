@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// An open file. Positioned I/O only, so one handle serves many readers.
+#[allow(clippy::len_without_is_empty)] // a file's length is a fallible syscall, not a collection size
 pub trait VFile: Send + Sync + fmt::Debug {
     /// Reads up to `buf.len()` bytes at `pos`; returns how many were read
     /// (fewer only at end of file).

@@ -13,6 +13,7 @@
 //! `GMQ_SEED=<n> cargo test -p gmq-engine --test crash`.
 //! CI runs 500 seeds; `GMQ_SEEDS=20000 cargo test --release -p gmq-engine
 //! --test crash` is the long run.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 mod common;
 

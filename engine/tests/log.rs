@@ -2,6 +2,7 @@
 //! segments, checkpointed recovery, group commit, fsync policies, fail-stop
 //! on EIO and ENOSPC, torn tails at every byte, bit flips, verify and repair,
 //! many queues with few files.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! Helpers shared by the engine's integration tests.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 #![allow(dead_code)]
 
 use std::sync::Arc;
