@@ -16,8 +16,8 @@
 //!                 [u16 count, { u16 klen, key, u32 vlen, value }] if attrs & HEADERS
 //!                 payload (the rest of the body)
 //! ```
-//! A record header of eight zero bytes marks the end of the log (a file may be
-//! zero-filled past its last record).
+//! A record header of eight zero bytes marks the end of the log: the active
+//! segment may be zero-filled past its last record (a sealed segment may not).
 
 use bytes::Bytes;
 
@@ -215,6 +215,10 @@ pub enum DecodeError {
     End,
     /// The bytes are not a record.
     Invalid(String),
+    /// The checksum holds but the fields do not parse: not a torn write
+    /// (which cannot produce a matching checksum) but a bad writer or
+    /// deliberate damage.
+    Malformed(String),
 }
 
 /// Size of the encoded record for `m`, or an error naming the field that does
@@ -330,9 +334,9 @@ impl<'a> Cursor<'a> {
     fn u32(&mut self) -> Result<usize, DecodeError> {
         Ok(le_u32(self.take(4)?, 0) as usize)
     }
-    fn string(&mut self, len: usize) -> Result<String, DecodeError> {
+    fn str(&mut self, len: usize) -> Result<&'a str, DecodeError> {
         let s = self.take(len)?;
-        std::str::from_utf8(s).map(str::to_owned).map_err(|_| DecodeError::Invalid("string field is not UTF-8".into()))
+        std::str::from_utf8(s).map_err(|_| DecodeError::Invalid("string field is not UTF-8".into()))
     }
 }
 
@@ -342,41 +346,69 @@ impl RecordRef<'_> {
         self.attrs & attrs::BATCH_CONT != 0
     }
 
-    /// Builds the owned record, checking every variable-length field.
+    /// Builds the owned record. Cannot fail on a record [`decode_record`]
+    /// returned, which has already checked every field.
     pub fn to_record(&self) -> Result<Record, DecodeError> {
-        let mut c = Cursor { b: self.body, at: RECORD_FIXED_LEN };
-        let a = self.attrs;
-        let ttl_ms = if a & attrs::TTL != 0 { Some(le_u64(c.take(8)?, 0)) } else { None };
-        let mut strings = [None, None, None];
-        for (slot, bit) in strings.iter_mut().zip([attrs::EVENT, attrs::KEY, attrs::MSG_ID]) {
-            if a & bit != 0 {
-                let n = c.u16()?;
-                *slot = Some(c.string(n)?);
-            }
-        }
-        let mut headers = Vec::new();
-        if a & attrs::HEADERS != 0 {
-            let count = c.u16()?;
-            for _ in 0..count {
-                let kl = c.u16()?;
-                let k = c.string(kl)?;
-                let vl = c.u32()?;
-                let v = c.string(vl)?;
-                headers.push((k, v));
-            }
-        }
-        let [event, key, msg_id] = strings;
-        let payload = Bytes::copy_from_slice(&self.body[c.at..]);
-        Ok(Record {
-            offset: self.offset,
-            timestamp_ms: self.timestamp_ms,
-            message: Message { payload, event, key, headers, ttl_ms, msg_id },
-        })
+        let mut m = Message::default();
+        let start = walk_fields(self.body, self.attrs, |f| match f {
+            Field::Ttl(t) => m.ttl_ms = Some(t),
+            Field::Event(e) => m.event = Some(e.to_owned()),
+            Field::Key(k) => m.key = Some(k.to_owned()),
+            Field::MsgId(i) => m.msg_id = Some(i.to_owned()),
+            Field::Header(k, v) => m.headers.push((k.to_owned(), v.to_owned())),
+        })?;
+        m.payload = Bytes::copy_from_slice(&self.body[start..]);
+        Ok(Record { offset: self.offset, timestamp_ms: self.timestamp_ms, message: m })
     }
 }
 
+/// One optional field of a record body, borrowed.
+enum Field<'a> {
+    Ttl(u64),
+    Event(&'a str),
+    Key(&'a str),
+    MsgId(&'a str),
+    Header(&'a str, &'a str),
+}
+
+/// Walks the optional fields of a body in format order, checking each
+/// (bounds, UTF-8, canonical form: a header map is present only when it has
+/// entries, as the encoder writes it), and returns where the payload starts.
+fn walk_fields<'a>(body: &'a [u8], a: u8, mut f: impl FnMut(Field<'a>)) -> Result<usize, DecodeError> {
+    let mut c = Cursor { b: body, at: RECORD_FIXED_LEN };
+    if a & attrs::TTL != 0 {
+        f(Field::Ttl(le_u64(c.take(8)?, 0)));
+    }
+    for bit in [attrs::EVENT, attrs::KEY, attrs::MSG_ID] {
+        if a & bit != 0 {
+            let n = c.u16()?;
+            let v = c.str(n)?;
+            f(match bit {
+                attrs::EVENT => Field::Event(v),
+                attrs::KEY => Field::Key(v),
+                _ => Field::MsgId(v),
+            });
+        }
+    }
+    if a & attrs::HEADERS != 0 {
+        let count = c.u16()?;
+        if count == 0 {
+            return Err(DecodeError::Invalid("header map flagged but empty".into()));
+        }
+        for _ in 0..count {
+            let kl = c.u16()?;
+            let k = c.str(kl)?;
+            let vl = c.u32()?;
+            let v = c.str(vl)?;
+            f(Field::Header(k, v));
+        }
+    }
+    Ok(c.at)
+}
+
 /// Decodes the record at the start of `buf`, checking its length bound and
-/// checksum before anything else looks at it.
+/// checksum before anything else looks at it, then every field, so that a
+/// record this accepts can always be read.
 pub fn decode_record(buf: &[u8]) -> Result<RecordRef<'_>, DecodeError> {
     if buf.len() < RECORD_HEADER_LEN {
         if !buf.is_empty() && buf.iter().all(|&b| b == 0) {
@@ -404,6 +436,10 @@ pub fn decode_record(buf: &[u8]) -> Result<RecordRef<'_>, DecodeError> {
     if attrs & !attrs::KNOWN != 0 {
         return Err(DecodeError::Invalid(format!("unknown attribute bits {attrs:#04x}")));
     }
+    walk_fields(body, attrs, |_| {}).map_err(|e| match e {
+        DecodeError::Invalid(m) => DecodeError::Malformed(m),
+        e => e,
+    })?;
     Ok(RecordRef { offset: le_u64(body, 0), timestamp_ms: le_u64(body, 8), attrs, size: total, body })
 }
 
@@ -565,6 +601,23 @@ mod tests {
         encode_record(&mut buf, 1, 1, &Message::new(&b"abc"[..]), 0);
         assert_eq!(decode_record(&buf[..buf.len() - 1]).unwrap_err(), DecodeError::Short { needed: Some(buf.len()) });
         assert_eq!(decode_record(&buf[..5]).unwrap_err(), DecodeError::Short { needed: None });
+    }
+
+    #[test]
+    fn a_record_that_decodes_always_reads_and_re_encodes_identically() {
+        // A checksummed body whose header map is flagged but empty, and one
+        // whose event length runs past the body: both are refused up front.
+        for body_tail in [&[0x10u8, 0, 0][..], &[0x02, 0xff, 0x00][..]] {
+            let mut body = vec![0u8; 16];
+            body.extend_from_slice(body_tail);
+            let mut rec = Vec::new();
+            rec.extend_from_slice(&[0; 4]);
+            rec.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            rec.extend_from_slice(&body);
+            let crc = crc32fast::hash(&rec[4..]);
+            rec[..4].copy_from_slice(&crc.to_le_bytes());
+            assert!(matches!(decode_record(&rec), Err(DecodeError::Malformed(_))), "{body_tail:?}");
+        }
     }
 
     #[test]

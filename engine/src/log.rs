@@ -418,7 +418,7 @@ impl QueueLog {
 
     fn bad(&self, plan: &ReadPlan, pos: u64, e: DecodeError) -> Error {
         let reason = match e {
-            DecodeError::Invalid(r) => r,
+            DecodeError::Invalid(r) | DecodeError::Malformed(r) => r,
             DecodeError::End => "zero bytes where a stored record should be".into(),
             DecodeError::Short { .. } => "stored record runs past the end of the segment".into(),
         };

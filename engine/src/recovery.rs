@@ -41,6 +41,10 @@ pub struct Scan {
     /// Where and why decoding stopped before the end; `None` when it reached
     /// the end (possibly inside an unfinished batch: see `valid_end`).
     pub stop: Option<(u64, String)>,
+    /// The scan stopped at a whole, checksummed record (out of offset order,
+    /// or fields that do not parse): no torn write makes one, so it is
+    /// corruption wherever it is.
+    pub stop_at_record: bool,
 }
 
 const CHUNK: usize = 1 << 20;
@@ -56,7 +60,7 @@ pub fn scan(
     min_offset: u64,
     mut visit: impl FnMut(u64, &RecordRef<'_>),
 ) -> io::Result<Scan> {
-    let mut s = Scan { valid_end: start, last_offset: None, records: 0, stop: None };
+    let mut s = Scan { valid_end: start, last_offset: None, records: 0, stop: None, stop_at_record: false };
     let mut buf: Vec<u8> = Vec::new();
     let mut buf_pos = start;
     let mut pos = start;
@@ -73,6 +77,7 @@ pub fn scan(
                 if r.offset < min_offset || prev.is_some_and(|p| r.offset <= p) {
                     let after = prev.map_or(min_offset, |p| p + 1);
                     s.stop = Some((pos, format!("record offset {} where at least {after} was expected", r.offset)));
+                    s.stop_at_record = true;
                     break;
                 }
                 visit(pos, &r);
@@ -103,6 +108,11 @@ pub fn scan(
                 s.stop = Some((pos, reason));
                 break;
             }
+            Err(DecodeError::Malformed(reason)) => {
+                s.stop = Some((pos, format!("checksummed record does not parse: {reason}")));
+                s.stop_at_record = true;
+                break;
+            }
         }
     }
     Ok(s)
@@ -116,15 +126,24 @@ fn refill(file: &dyn VFile, buf: &mut Vec<u8>, buf_pos: &mut u64, pos: u64, end:
     Ok(())
 }
 
+/// Regions larger than this are not searched: they are reported as possibly
+/// holding a valid record, which errs towards quarantine, not truncation.
+const SEARCH_MAX_BYTES: u64 = 256 << 20;
+/// Checksum work allowed per search. Crafted bytes can make nearly every
+/// position look like the start of a long record; past this budget the
+/// search gives the same conservative answer, so opening a damaged queue
+/// stays fast.
+const SEARCH_CRC_BUDGET: usize = 512 << 20;
+
 /// The position of the first valid record in `[from, end)` whose offset is
-/// at least `min_offset`, searching byte by byte. Regions over 1 GiB are
-/// reported as possibly holding one (`Some(from)`), which errs towards
-/// quarantine rather than truncation.
+/// at least `min_offset`, searching byte by byte. When the region is too
+/// large or the search too costly, answers `Some(from)`: "something valid
+/// may follow", which quarantines rather than truncates.
 pub fn find_valid_after(file: &dyn VFile, from: u64, end: u64, min_offset: u64) -> io::Result<Option<u64>> {
     if from >= end {
         return Ok(None);
     }
-    if end - from > 1 << 30 {
+    if end - from > SEARCH_MAX_BYTES {
         return Ok(Some(from));
     }
     let mut buf = vec![0u8; (end - from) as usize];
@@ -135,13 +154,20 @@ pub fn find_valid_after(file: &dyn VFile, from: u64, end: u64, min_offset: u64) 
 /// [`find_valid_after`] over bytes in memory.
 pub fn find_valid_in(buf: &[u8], min_offset: u64) -> Option<usize> {
     let min_total = format::RECORD_HEADER_LEN + format::RECORD_FIXED_LEN;
+    let mut budget = SEARCH_CRC_BUDGET;
     let mut i = 0usize;
     while i + min_total <= buf.len() {
         let len = u32::from_le_bytes([buf[i + 4], buf[i + 5], buf[i + 6], buf[i + 7]]) as usize;
         let fits = (format::RECORD_FIXED_LEN..=format::MAX_RECORD_BODY).contains(&len)
             && len <= buf.len() - i - format::RECORD_HEADER_LEN;
-        if fits && format::read_u64(buf, i + 8) >= min_offset && format::decode_record(&buf[i..]).is_ok() {
-            return Some(i);
+        if fits && format::read_u64(buf, i + 8) >= min_offset {
+            if budget < len {
+                return Some(i);
+            }
+            budget -= len;
+            if format::decode_record(&buf[i..]).is_ok() {
+                return Some(i);
+            }
         }
         i += 1;
     }
@@ -239,12 +265,32 @@ pub(crate) fn recover_queue(
             flen = hlen;
         }
     }
+    let ck = vfs
+        .read_file(&dir.join(format::CHECKPOINT_FILE))
+        .ok()
+        .and_then(|b| format::decode_checkpoint(&b))
+        .filter(|c| c.segment == base && c.valid_len >= SEGMENT_HEADER_LEN && c.next_offset >= base);
+    if let Some(c) = ck.filter(|c| c.valid_len > flen) {
+        let synced = c.valid_len;
+        return Err(corrupt(
+            &path,
+            flen,
+            format!("segment ends at byte {flen}, but its checkpoint says {synced} bytes were synced"),
+        ));
+    }
     let mut h = [0u8; SEGMENT_HEADER_LEN as usize];
     let got = (flen.min(SEGMENT_HEADER_LEN)) as usize;
     file.read_exact_at(&mut h[..got], 0).map_err(ioe("reading the active segment"))?;
     match format::decode_segment_header(&h[..got], base) {
         Ok(_) => {}
         Err(HeaderError::Missing) => {
+            if ck.is_some_and(|c| c.valid_len > SEGMENT_HEADER_LEN) {
+                return Err(corrupt(
+                    &path,
+                    0,
+                    "segment header missing, yet its checkpoint says records were synced".into(),
+                ));
+            }
             if let Some(q) = find_valid_after(file.as_ref(), SEGMENT_HEADER_LEN, flen, base).map_err(ioe("scanning"))? {
                 return Err(corrupt(&path, 0, format!("segment header missing, yet a valid record is at byte {q}")));
             }
@@ -267,9 +313,6 @@ pub(crate) fn recover_queue(
         Err(HeaderError::Bad(reason)) => return Err(corrupt(&path, 0, reason)),
     }
 
-    let ck = vfs.read_file(&dir.join(format::CHECKPOINT_FILE)).ok().and_then(|b| format::decode_checkpoint(&b)).filter(
-        |c| c.segment == base && c.valid_len >= SEGMENT_HEADER_LEN && c.valid_len <= flen && c.next_offset >= base,
-    );
     let mut start = (SEGMENT_HEADER_LEN, Vec::new(), base);
     if let Some(c) = ck {
         if let Some(entries) = load_entries(vfs, &dir.join(format::index_file_name(base)), base, c.valid_len) {
@@ -292,6 +335,9 @@ pub(crate) fn recover_queue(
     if s.valid_end < flen {
         let resume = s.last_offset.map_or(next, |o| o + 1);
         if let Some((p, reason)) = &s.stop {
+            if s.stop_at_record {
+                return Err(corrupt(&path, *p, reason.clone()));
+            }
             // Bytes a checkpoint covers were synced: damage there is not a
             // write the crash cut off.
             if let Some(c) = ck.filter(|c| *p < c.valid_len) {
@@ -461,7 +507,7 @@ fn verify_queue(vfs: &dyn Vfs, name: &str, dir: &Path, rep: &mut VerifyReport) -
                 None => None,
             };
             let synced = ckpt.filter(|c| c.segment == base).is_some_and(|c| at < c.valid_len);
-            if active && follows.is_none() && !synced {
+            if active && follows.is_none() && !synced && !s.stop_at_record {
                 add(
                     path.clone(),
                     Some(at),
@@ -597,6 +643,20 @@ fn rewrite_segment(vfs: &dyn Vfs, path: &Path, dry_run: bool, rep: &mut RepairRe
     while pos < len {
         let mut ranges = Vec::new();
         let s = scan(f.as_ref(), pos, len, min, |p, r| ranges.push((p, r.size, r.offset)))?;
+        let resume = match &s.stop {
+            Some((at, _)) => find_valid_after(f.as_ref(), at + 1, len, ranges.last().map_or(min, |r| r.2 + 1))?,
+            None => None,
+        };
+        if resume.is_none() {
+            // Nothing follows: an unfinished batch here was never complete,
+            // and recovery would drop it too.
+            let unfinished = ranges.iter().filter(|r| r.0 >= s.valid_end).count();
+            if unfinished > 0 {
+                rep.actions
+                    .push(format!("{}: drop an unfinished batch of {unfinished} records at the tail", path.display()));
+                ranges.retain(|r| r.0 < s.valid_end);
+            }
+        }
         for (p, size, off) in ranges {
             let mut b = vec![0u8; size];
             f.read_exact_at(&mut b, p)?;
@@ -605,7 +665,7 @@ fn rewrite_segment(vfs: &dyn Vfs, path: &Path, dry_run: bool, rep: &mut RepairRe
             min = off + 1;
         }
         let Some((at, reason)) = s.stop else { break };
-        match find_valid_after(f.as_ref(), at + 1, len, min)? {
+        match resume {
             Some(q) => {
                 rep.actions.push(format!("{}: drop bytes {at}..{q} ({reason})", path.display()));
                 dropped += q - at;

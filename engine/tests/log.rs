@@ -297,6 +297,9 @@ fn a_torn_tail_at_every_byte_keeps_every_earlier_record() {
     let from = ends[2].1 as usize;
     for cut in from..full.len() {
         let disk = clone_disk(&fs, cut as u64, |p, d| if p == seg_path("q", 0) { d[..cut].to_vec() } else { d });
+        // A torn write lies past the last checkpoint (one covering it would
+        // make the cut corruption: see the next tests).
+        drop_checkpoint(&disk, "q");
         let engine = open(&disk, &sim_config(1));
         assert!(engine.open_report().quarantined.is_empty(), "cut {cut}: a torn tail is not corruption");
         let q = engine.get("q").unwrap().unwrap();
@@ -445,6 +448,36 @@ fn a_bit_flip_in_the_last_record_is_corruption_under_a_checkpoint_and_a_torn_tai
     assert!(engine.open_report().quarantined.is_empty());
     let got = engine.get("q").unwrap().unwrap().read(0, 100, usize::MAX).unwrap();
     assert_eq!(got.into_iter().map(|r| r.message).collect::<Vec<_>>(), msgs[..6]);
+}
+
+#[test]
+fn a_segment_shorter_than_its_checkpoint_is_corruption_not_a_torn_tail() {
+    let (fs, _, ends) = built_queue();
+    let full = fs.contents(&seg_path("q", 0)).unwrap().len();
+    let disk = clone_disk(&fs, 6, |p, d| if p == seg_path("q", 0) { d[..full - 40].to_vec() } else { d });
+    let engine = open(&disk, &sim_config(1));
+    let q = &engine.open_report().quarantined;
+    assert_eq!(q.len(), 1, "synced records went missing: that is not a torn write");
+    assert!(matches!(&q[0].1, Error::Corrupt { position, .. } if *position as usize == full - 40), "{:?}", q[0].1);
+    assert!(ends.len() == 9);
+}
+
+#[test]
+fn a_whole_record_out_of_offset_order_at_the_tail_is_corruption() {
+    let (fs, _, ends) = built_queue();
+    // Append a copy of record 1 (valid checksum, offset going backwards).
+    let disk = clone_disk(&fs, 7, |p, mut d| {
+        if p == seg_path("q", 0) {
+            let rec = d[ends[0].1 as usize..ends[1].1 as usize].to_vec();
+            d.extend_from_slice(&rec);
+        }
+        d
+    });
+    drop_checkpoint(&disk, "q");
+    let engine = open(&disk, &sim_config(1));
+    assert_eq!(engine.open_report().quarantined.len(), 1, "a checksummed record is never a torn write");
+    let rep = recovery::verify(&disk, Path::new("/data"), None).unwrap();
+    assert!(rep.findings.iter().any(|f| f.kind == FindingKind::Corrupt), "{:?}", rep.findings);
 }
 
 #[test]
