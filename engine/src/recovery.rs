@@ -633,39 +633,21 @@ fn rewrite_segment(vfs: &dyn Vfs, path: &Path, dry_run: bool, rep: &mut RepairRe
     let mut out = format::encode_segment_header(base, 0).to_vec();
     let mut pos = SEGMENT_HEADER_LEN;
     let mut min = base;
-    let mut kept = 0u64;
     let mut dropped = 0u64;
     let mut hdr = vec![0u8; len.min(SEGMENT_HEADER_LEN) as usize];
     f.read_exact_at(&mut hdr, 0)?;
     if format::decode_segment_header(&hdr, base).is_err() {
         rep.actions.push(format!("{}: rewrite the segment header", path.display()));
     }
+    // (position, size, offset, batch continues) of every record kept.
+    let mut keep: Vec<(u64, usize, u64, bool)> = Vec::new();
     while pos < len {
-        let mut ranges = Vec::new();
-        let s = scan(f.as_ref(), pos, len, min, |p, r| ranges.push((p, r.size, r.offset)))?;
-        let resume = match &s.stop {
-            Some((at, _)) => find_valid_after(f.as_ref(), at + 1, len, ranges.last().map_or(min, |r| r.2 + 1))?,
-            None => None,
-        };
-        if resume.is_none() {
-            // Nothing follows: an unfinished batch here was never complete,
-            // and recovery would drop it too.
-            let unfinished = ranges.iter().filter(|r| r.0 >= s.valid_end).count();
-            if unfinished > 0 {
-                rep.actions
-                    .push(format!("{}: drop an unfinished batch of {unfinished} records at the tail", path.display()));
-                ranges.retain(|r| r.0 < s.valid_end);
-            }
-        }
-        for (p, size, off) in ranges {
-            let mut b = vec![0u8; size];
-            f.read_exact_at(&mut b, p)?;
-            out.extend_from_slice(&b);
-            kept += 1;
-            min = off + 1;
+        let s = scan(f.as_ref(), pos, len, min, |p, r| keep.push((p, r.size, r.offset, r.batch_continues())))?;
+        if let Some(last) = keep.last() {
+            min = last.2 + 1;
         }
         let Some((at, reason)) = s.stop else { break };
-        match resume {
+        match find_valid_after(f.as_ref(), at + 1, len, min)? {
             Some(q) => {
                 rep.actions.push(format!("{}: drop bytes {at}..{q} ({reason})", path.display()));
                 dropped += q - at;
@@ -678,6 +660,21 @@ fn rewrite_segment(vfs: &dyn Vfs, path: &Path, dry_run: bool, rep: &mut RepairRe
             }
         }
     }
+    // Records of a batch that never completed, at the very end, were never
+    // acknowledged (recovery would drop them too): the rewritten segment
+    // ends with a complete batch.
+    let complete = keep.iter().rposition(|r| !r.3).map_or(0, |i| i + 1);
+    if complete < keep.len() {
+        let n = keep.len() - complete;
+        rep.actions.push(format!("{}: drop an unfinished batch of {n} records at the tail", path.display()));
+        keep.truncate(complete);
+    }
+    for &(p, size, _, _) in &keep {
+        let mut b = vec![0u8; size];
+        f.read_exact_at(&mut b, p)?;
+        out.extend_from_slice(&b);
+    }
+    let kept = keep.len() as u64;
     rep.actions.push(format!("{}: rewrite keeping {kept} valid records", path.display()));
     rep.records_kept += kept;
     rep.bytes_dropped += dropped;
