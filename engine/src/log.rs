@@ -99,6 +99,8 @@ impl LogConfig {
 pub(crate) struct SealedSeg {
     pub(crate) len: u64,
     index: OnceLock<Mapped>,
+    /// The header, checked once before the first read: `Err` names the damage.
+    header: OnceLock<std::result::Result<(), String>>,
 }
 
 impl std::fmt::Debug for SealedSeg {
@@ -113,7 +115,7 @@ impl SealedSeg {
         if let Some(m) = index {
             let _ = cell.set(m);
         }
-        SealedSeg { len, index: cell }
+        SealedSeg { len, index: cell, header: OnceLock::new() }
     }
 }
 
@@ -303,7 +305,7 @@ impl QueueLog {
         let mut bytes = 0usize;
         let mut from = from;
         while out.len() < max_records && bytes < max_bytes {
-            let Some(plan) = self.plan(from) else { break };
+            let Some(plan) = self.plan(from)? else { break };
             self.read_segment(&plan, from, max_records, max_bytes, &mut out, &mut bytes)?;
             match plan.next_base {
                 Some(b) => from = from.max(b),
@@ -313,22 +315,44 @@ impl QueueLog {
         Ok(out)
     }
 
-    fn plan(&self, from: u64) -> Option<ReadPlan> {
+    fn plan(&self, from: u64) -> Result<Option<ReadPlan>> {
         let v = self.sh.view();
         // Nothing is retained below the oldest segment's base.
         let from = from.max(v.sealed.keys().next().copied().unwrap_or(v.active_base));
         if from >= v.next_offset {
-            return None;
+            return Ok(None);
         }
         if from >= v.active_base {
             let start = lookup(&v.active_index, from);
-            return Some(ReadPlan { path: self.sh.seg_path(v.active_base), start, end: v.active_len, next_base: None });
+            return Ok(Some(ReadPlan {
+                path: self.sh.seg_path(v.active_base),
+                start,
+                end: v.active_len,
+                next_base: None,
+            }));
         }
-        let (&base, seg) = v.sealed.range(..=from).next_back()?;
+        let Some((&base, seg)) = v.sealed.range(..=from).next_back() else { return Ok(None) };
+        let path = self.sh.seg_path(base);
+        // Sealed segments are trusted at open; their header is checked here,
+        // once, before the first read relies on it.
+        if let Err(reason) = seg.header.get_or_init(|| self.check_header(&path, base)) {
+            return Err(self.sh.corrupt(&path, 0, reason.clone()));
+        }
         let next_base = v.sealed.range(base + 1..).next().map_or(v.active_base, |(b, _)| *b);
         let idx = seg.index.get_or_init(|| self.load_index(base, seg.len));
         let start = lookup_mapped(idx.as_ref().as_ref(), from);
-        Some(ReadPlan { path: self.sh.seg_path(base), start, end: seg.len, next_base: Some(next_base) })
+        Ok(Some(ReadPlan { path, start, end: seg.len, next_base: Some(next_base) }))
+    }
+
+    fn check_header(&self, path: &Path, base: u64) -> std::result::Result<(), String> {
+        let mut h = [0u8; SEGMENT_HEADER_LEN as usize];
+        let f = self.sh.env.files.get(path).map_err(|e| format!("cannot open: {e}"))?;
+        f.read_exact_at(&mut h, 0).map_err(|e| format!("cannot read the header: {e}"))?;
+        match format::decode_segment_header(&h, base) {
+            Ok(_) => Ok(()),
+            Err(format::HeaderError::Missing) => Err("segment header missing".into()),
+            Err(format::HeaderError::Bad(r)) => Err(r),
+        }
     }
 
     /// Maps a sealed segment's index, or rebuilds it from the log when it is

@@ -410,6 +410,19 @@ fn a_bit_flip_in_a_sealed_segment_is_caught_by_reads_and_verify() {
     assert!(q.append(&Message::new("x")).is_err(), "a quarantined queue refuses appends");
     let rep = recovery::verify(&disk, Path::new("/data"), None).unwrap();
     assert!(rep.findings.iter().any(|f| f.kind == FindingKind::Corrupt && f.file == victim), "{:?}", rep.findings);
+    drop(engine);
+
+    // A damaged header of a sealed segment is caught by the first read too.
+    let disk = clone_disk(&fs, 3, |p, mut d| {
+        if p == victim {
+            flip(&mut d, 3);
+        }
+        d
+    });
+    let engine = open(&disk, &cfg);
+    let q = engine.get("q").unwrap().unwrap();
+    let err = q.read(0, 1, usize::MAX).unwrap_err();
+    assert!(matches!(&err, Error::Corrupt { file, position: 0, .. } if *file == victim), "{err}");
 }
 
 #[test]
