@@ -24,7 +24,7 @@ use crate::io::{Mapped, VFile};
 /// | policy | process crash (`kill -9`) | power loss / kernel crash |
 /// |---|---|---|
 /// | `Always` | every acknowledged append | every acknowledged append |
-/// | `Interval(ms)` | every acknowledged append | all but at most the last `ms` of appends |
+/// | `Interval(ms)` | every acknowledged append | all but about the last `ms` of appends (the sync is due `ms` after the previous one and runs on the shared committer pool, which can be late when busy) |
 /// | `Never` | every acknowledged append | whatever the OS had written back (and all up to the last checkpoint) |
 ///
 /// Under `Always` the acknowledgement waits for an `fdatasync` that covers the
