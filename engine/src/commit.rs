@@ -414,8 +414,9 @@ pub struct CommitPool {
 
 impl CommitPool {
     /// Starts `threads` committers; with 0, a manual pool (see
-    /// [`CommitPool::run_pending`]).
-    pub fn new(threads: usize) -> CommitPool {
+    /// [`CommitPool::run_pending`]). Fails if the OS refuses a thread (those
+    /// already started are stopped again).
+    pub fn new(threads: usize) -> std::io::Result<CommitPool> {
         let shared = Arc::new(PoolShared::default());
         let n = threads;
         {
@@ -423,19 +424,23 @@ impl CommitPool {
             st.live = n.max(1);
             st.manual = n == 0;
         }
-        let mut handles = Vec::with_capacity(n);
+        let pool = CommitPool { shared, threads: Arc::new(Mutex::new(Vec::with_capacity(n))) };
         for _i in 0..n {
-            let s = shared.clone();
+            let s = pool.shared.clone();
             #[cfg(not(loom))]
-            let h = thread::Builder::new()
-                .name(format!("gmq-commit-{_i}"))
-                .spawn(move || worker(&s))
-                .unwrap_or_else(|e| panic!("cannot start a committer thread: {e}"));
+            let h = thread::Builder::new().name(format!("gmq-commit-{_i}")).spawn(move || worker(&s));
             #[cfg(loom)]
-            let h = thread::spawn(move || worker(&s));
-            handles.push(h);
+            let h: std::io::Result<_> = Ok(thread::spawn(move || worker(&s)));
+            match h {
+                Ok(h) => lock(&pool.threads).push(h),
+                Err(e) => {
+                    lock(&pool.shared.state).live = _i;
+                    pool.shutdown();
+                    return Err(e);
+                }
+            }
         }
-        CommitPool { shared, threads: Arc::new(Mutex::new(handles)) }
+        Ok(pool)
     }
 
     /// Queues a job; `false` once the pool has stopped.

@@ -105,7 +105,7 @@ impl Engine {
         let env = Arc::new(Env {
             files: FileCache::new(vfs.clone(), cfg.max_open_files),
             vfs,
-            pool: CommitPool::new(cfg.committer_threads),
+            pool: CommitPool::new(cfg.committer_threads).map_err(ioe("starting the committer threads"))?,
             clock,
         });
         let mut engine = Engine {

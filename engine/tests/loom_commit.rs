@@ -68,7 +68,7 @@ fn appender(gc: Arc<GroupCommit<ModelSink>>, durable: Arc<AtomicU64>, fail: bool
 #[test]
 fn waiters_complete_only_after_a_covering_sync() {
     model(|| {
-        let pool = CommitPool::new(1);
+        let pool = CommitPool::new(1).unwrap();
         let durable = Arc::new(AtomicU64::new(0));
         let gc = GroupCommit::new(ModelSink { durable: durable.clone(), fail: false }, 0, pool.clone());
         let hs: Vec<_> = (0..2).map(|_| appender(gc.clone(), durable.clone(), false)).collect();
@@ -84,7 +84,7 @@ fn waiters_complete_only_after_a_covering_sync() {
 #[test]
 fn shutdown_completes_or_fails_every_waiter() {
     model(|| {
-        let pool = CommitPool::new(1);
+        let pool = CommitPool::new(1).unwrap();
         let durable = Arc::new(AtomicU64::new(0));
         let gc = GroupCommit::new(ModelSink { durable: durable.clone(), fail: false }, 0, pool.clone());
         let h = appender(gc.clone(), durable.clone(), false);
@@ -101,7 +101,7 @@ fn shutdown_completes_or_fails_every_waiter() {
 #[test]
 fn a_failed_sync_fails_its_batch_and_stops_the_queue() {
     model(|| {
-        let pool = CommitPool::new(1);
+        let pool = CommitPool::new(1).unwrap();
         let durable = Arc::new(AtomicU64::new(0));
         let gc = GroupCommit::new(ModelSink { durable: durable.clone(), fail: true }, 0, pool.clone());
         let hs: Vec<_> = (0..2).map(|_| appender(gc.clone(), durable.clone(), true)).collect();
