@@ -174,6 +174,46 @@ pub fn find_valid_in(buf: &[u8], min_offset: u64) -> Option<usize> {
     None
 }
 
+/// How a scan of a segment that stopped short of its end is to be read.
+#[derive(Debug)]
+enum Tail {
+    /// The scan reached the end with every batch complete.
+    Clean,
+    /// A write a crash cut off at `at`: truncate to the scan's `valid_end`.
+    Torn { at: u64, reason: String },
+    /// Damage at `at` that must not be truncated away.
+    Corrupt { at: u64, reason: String },
+}
+
+/// The one place that tells a torn tail from corruption, for recovery and
+/// `verify` alike. `synced` is how many bytes a checkpoint says were synced;
+/// `resume` the least offset a record after the damage may have.
+fn classify(file: &dyn VFile, s: &Scan, len: u64, synced: Option<u64>, resume: u64) -> io::Result<Tail> {
+    if s.valid_end >= len {
+        return Ok(Tail::Clean);
+    }
+    let (at, reason) = match &s.stop {
+        Some((p, r)) => (*p, r.clone()),
+        None => (s.valid_end, "unfinished batch at the end of the file".to_owned()),
+    };
+    if s.stop_at_record {
+        // A torn write cannot produce a matching checksum.
+        return Ok(Tail::Corrupt { at, reason });
+    }
+    if let Some(v) = synced.filter(|&v| at < v) {
+        return Ok(Tail::Corrupt {
+            at,
+            reason: format!("{reason}; the checkpoint says the first {v} bytes were synced"),
+        });
+    }
+    if s.stop.is_some() {
+        if let Some(q) = find_valid_after(file, at + 1, len, resume)? {
+            return Ok(Tail::Corrupt { at, reason: format!("{reason}; a valid record follows at byte {q}") });
+        }
+    }
+    Ok(Tail::Torn { at, reason })
+}
+
 /// What recovery did to one queue.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecoveryStats {
@@ -332,30 +372,16 @@ pub(crate) fn recover_queue(
     let s = scan(file.as_ref(), from, flen, next, |pos, r| index_push(&mut entries, pos, r.offset))
         .map_err(ioe("scanning the active segment"))?;
     stats.scanned_bytes = flen - from;
-    if s.valid_end < flen {
-        let resume = s.last_offset.map_or(next, |o| o + 1);
-        if let Some((p, reason)) = &s.stop {
-            if s.stop_at_record {
-                return Err(corrupt(&path, *p, reason.clone()));
-            }
-            // Bytes a checkpoint covers were synced: damage there is not a
-            // write the crash cut off.
-            if let Some(c) = ck.filter(|c| *p < c.valid_len) {
-                let covered = c.valid_len;
-                return Err(corrupt(
-                    &path,
-                    *p,
-                    format!("{reason}; the checkpoint says the first {covered} bytes were synced"),
-                ));
-            }
-            if let Some(q) = find_valid_after(file.as_ref(), p + 1, flen, resume).map_err(ioe("scanning"))? {
-                return Err(corrupt(&path, *p, format!("{reason}; a valid record follows at byte {q}")));
-            }
+    let resume = s.last_offset.map_or(next, |o| o + 1);
+    match classify(file.as_ref(), &s, flen, ck.map(|c| c.valid_len), resume).map_err(ioe("scanning"))? {
+        Tail::Clean => {}
+        Tail::Corrupt { at, reason } => return Err(corrupt(&path, at, reason)),
+        Tail::Torn { .. } => {
+            let dropped = flen - s.valid_end;
+            file.set_len(s.valid_end).and_then(|()| file.sync_data()).map_err(ioe("truncating a torn tail"))?;
+            tracing::warn!(queue = name, file = %path.display(), at = s.valid_end, bytes = dropped, "truncated a torn tail");
+            stats.torn_bytes += dropped;
         }
-        let dropped = flen - s.valid_end;
-        file.set_len(s.valid_end).and_then(|()| file.sync_data()).map_err(ioe("truncating a torn tail"))?;
-        tracing::warn!(queue = name, file = %path.display(), at = s.valid_end, bytes = dropped, "truncated a torn tail");
-        stats.torn_bytes += dropped;
     }
     entries.retain(|&(_, p)| p < s.valid_end);
     if let Some(o) = s.last_offset {
@@ -497,27 +523,29 @@ fn verify_queue(vfs: &dyn Vfs, name: &str, dir: &Path, rep: &mut VerifyReport) -
                 );
             }
         }
-        if s.valid_end < len {
-            let at = s.stop.as_ref().map_or(s.valid_end, |(p, _)| *p);
-            let reason =
-                s.stop.as_ref().map_or("unfinished batch at the end of the file".to_owned(), |(_, r)| r.clone());
-            let resume = s.last_offset.map_or(min_offset.max(base), |o| o + 1);
-            let follows = match &s.stop {
-                Some((p, _)) => find_valid_after(f.as_ref(), p + 1, len, resume)?,
-                None => None,
-            };
-            let synced = ckpt.filter(|c| c.segment == base).is_some_and(|c| at < c.valid_len);
-            if active && follows.is_none() && !synced && !s.stop_at_record {
-                add(
-                    path.clone(),
-                    Some(at),
-                    FindingKind::TornTail,
-                    format!("{reason}; {} bytes will be truncated on open", len - s.valid_end),
-                );
-            } else {
-                let more = follows.map_or(String::new(), |q| format!("; a valid record follows at byte {q}"));
-                add(path.clone(), Some(at), FindingKind::Corrupt, format!("{reason}{more}"));
+        let resume = s.last_offset.map_or(min_offset.max(base), |o| o + 1);
+        let synced = ckpt.filter(|c| c.segment == base).map(|c| c.valid_len);
+        match classify(f.as_ref(), &s, len, synced, resume)? {
+            Tail::Clean => {}
+            // Only the active segment can end in an unfinished write.
+            Tail::Torn { at, reason } if active => add(
+                path.clone(),
+                Some(at),
+                FindingKind::TornTail,
+                format!("{reason}; {} bytes will be truncated on open", len - s.valid_end),
+            ),
+            Tail::Torn { at, reason } | Tail::Corrupt { at, reason } => {
+                add(path.clone(), Some(at), FindingKind::Corrupt, reason)
             }
+        }
+        if active && synced.is_some_and(|v| v > len) {
+            // As open sees it: synced bytes are missing.
+            add(
+                path.clone(),
+                Some(len),
+                FindingKind::Corrupt,
+                "segment is shorter than its checkpoint says was synced".into(),
+            );
         }
         if let Some(o) = s.last_offset {
             min_offset = o + 1;
@@ -533,10 +561,8 @@ fn verify_queue(vfs: &dyn Vfs, name: &str, dir: &Path, rep: &mut VerifyReport) -
         match ckpt {
             None => add(cp, None, FindingKind::Checkpoint, "checkpoint unreadable (ignored on open)".into()),
             Some(c) => match lens.iter().find(|(b, _)| *b == c.segment) {
-                Some((_, len)) if c.valid_len <= *len => {}
-                Some(_) => {
-                    add(cp, None, FindingKind::Checkpoint, "checkpoint covers more bytes than its segment holds".into())
-                }
+                // A checkpoint longer than its segment is reported on the segment.
+                Some(_) => {}
                 None if lens.last().is_some_and(|(b, _)| *b > c.segment) => {}
                 None => {
                     add(cp, None, FindingKind::Checkpoint, format!("checkpoint names missing segment {}", c.segment))

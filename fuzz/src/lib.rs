@@ -385,6 +385,10 @@ fn expect(seg: &[u8], checkpoint: Option<Checkpoint>) -> Expect {
         if naive_find_valid(seg, p + 1, resume).is_some() {
             return Expect::Corrupt { position: p as u64 };
         }
+    } else if (valid_end as usize) < seg.len() && checkpoint.is_some_and(|c| valid_end < c.valid_len) {
+        // An unfinished batch at the end, in bytes a checkpoint says were
+        // synced: not a torn write either.
+        return Expect::Corrupt { position: valid_end };
     }
     let mut records = Vec::with_capacity(complete);
     for w in &walked[..complete] {
