@@ -217,7 +217,6 @@ impl QueueLog {
             synced_next: r.next_offset,
             last_entry_pos: last_entry,
             last_sync: Instant::now(),
-            dirty: false,
             ckpt_len: r.active_len,
             failed: None,
         };
@@ -556,12 +555,16 @@ pub(crate) struct LogSink {
     synced_next: u64,
     last_entry_pos: u64,
     last_sync: Instant,
-    dirty: bool,
     ckpt_len: u64,
     failed: Option<Error>,
 }
 
 impl LogSink {
+    /// Bytes written since the last sync.
+    fn dirty(&self) -> bool {
+        self.len != self.synced_len
+    }
+
     fn acked_len(&self) -> u64 {
         if self.failed.is_some() && self.sh.cfg.fsync == FsyncPolicy::Always {
             self.synced_len
@@ -578,7 +581,6 @@ impl LogSink {
         file.sync_data().map_err(self.sh.io("syncing the active segment"))?;
         self.synced_len = self.len;
         self.synced_next = self.next;
-        self.dirty = false;
         self.last_sync = Instant::now();
         Ok(())
     }
@@ -596,7 +598,7 @@ impl LogSink {
 
     fn roll(&mut self, new_base: u64) -> Result<()> {
         let file = self.file()?;
-        if self.dirty {
+        if self.dirty() {
             self.sync(file.as_ref())?;
         }
         let (old_base, old_len) = (self.base, self.len);
@@ -653,7 +655,7 @@ impl LogSink {
 
     pub(crate) fn sync_and_checkpoint(&mut self, clean: bool) -> Result<()> {
         self.guard(|s| {
-            if s.dirty {
+            if s.dirty() {
                 let f = s.file()?;
                 s.sync(f.as_ref())?;
             }
@@ -674,7 +676,6 @@ impl LogSink {
         file.write_at(&batch.buf, start).map_err(self.sh.io("writing a batch"))?;
         self.len += batch.buf.len() as u64;
         self.next = batch.next;
-        self.dirty = true;
         let mut fresh = Vec::new();
         for &(off, p) in &batch.marks {
             let pos = start + p as u64;
@@ -703,7 +704,7 @@ impl LogSink {
             v.active_index.extend(fresh);
         }
         if self.len.saturating_sub(self.ckpt_len) >= cfg.checkpoint_bytes {
-            if self.dirty {
+            if self.dirty() {
                 self.sync(file.as_ref())?;
                 deadline = None;
             }
@@ -720,7 +721,7 @@ impl Sink for LogSink {
 
     fn tick(&mut self) -> Result<Option<Instant>> {
         self.guard(|s| {
-            if s.dirty {
+            if s.dirty() {
                 let f = s.file()?;
                 s.sync(f.as_ref())?;
             }

@@ -55,6 +55,14 @@ fn model(f: impl Fn() + Sync + Send + 'static) {
     b.check(f);
 }
 
+/// A one-thread pool, the durability marker, and a queue over the model sink.
+fn setup(fail: bool) -> (CommitPool, Arc<AtomicU64>, Arc<GroupCommit<ModelSink>>) {
+    let pool = CommitPool::new(1).unwrap();
+    let durable = Arc::new(AtomicU64::new(0));
+    let gc = GroupCommit::new(ModelSink { durable: durable.clone(), fail }, 0, pool.clone());
+    (pool, durable, gc)
+}
+
 fn appender(gc: Arc<GroupCommit<ModelSink>>, durable: Arc<AtomicU64>, fail: bool) -> loom::thread::JoinHandle<()> {
     loom::thread::spawn(move || {
         let Ok(a) = gc.append(1, |b, first| b.buf.push(first as u8)) else { return };
@@ -68,9 +76,7 @@ fn appender(gc: Arc<GroupCommit<ModelSink>>, durable: Arc<AtomicU64>, fail: bool
 #[test]
 fn waiters_complete_only_after_a_covering_sync() {
     model(|| {
-        let pool = CommitPool::new(1).unwrap();
-        let durable = Arc::new(AtomicU64::new(0));
-        let gc = GroupCommit::new(ModelSink { durable: durable.clone(), fail: false }, 0, pool.clone());
+        let (pool, durable, gc) = setup(false);
         let hs: Vec<_> = (0..2).map(|_| appender(gc.clone(), durable.clone(), false)).collect();
         for h in hs {
             h.join().unwrap();
@@ -84,9 +90,7 @@ fn waiters_complete_only_after_a_covering_sync() {
 #[test]
 fn shutdown_completes_or_fails_every_waiter() {
     model(|| {
-        let pool = CommitPool::new(1).unwrap();
-        let durable = Arc::new(AtomicU64::new(0));
-        let gc = GroupCommit::new(ModelSink { durable: durable.clone(), fail: false }, 0, pool.clone());
+        let (pool, durable, gc) = setup(false);
         let h = appender(gc.clone(), durable.clone(), false);
         pool.shutdown();
         h.join().unwrap();
@@ -101,9 +105,7 @@ fn shutdown_completes_or_fails_every_waiter() {
 #[test]
 fn a_failed_sync_fails_its_batch_and_stops_the_queue() {
     model(|| {
-        let pool = CommitPool::new(1).unwrap();
-        let durable = Arc::new(AtomicU64::new(0));
-        let gc = GroupCommit::new(ModelSink { durable: durable.clone(), fail: true }, 0, pool.clone());
+        let (pool, durable, gc) = setup(true);
         let hs: Vec<_> = (0..2).map(|_| appender(gc.clone(), durable.clone(), true)).collect();
         for h in hs {
             h.join().unwrap();
