@@ -107,7 +107,17 @@ impl Settings {
     /// Engine defaults, the given directory and times.
     pub fn new(base_dir: impl Into<PathBuf>, duration: Duration, warmup: Duration) -> Self {
         let d = EngineConfig::new(".");
-        Settings { base_dir: base_dir.into(), duration, warmup, log: d.log, committer_threads: d.committer_threads }
+        Settings {
+            base_dir: base_dir.into(),
+            duration,
+            warmup,
+            log: LogConfig {
+                fsync: d.defaults.fsync,
+                segment_bytes: d.defaults.segment_bytes,
+                checkpoint_bytes: d.checkpoint_bytes,
+            },
+            committer_threads: d.committer_threads,
+        }
     }
 }
 
@@ -146,10 +156,12 @@ pub fn run_cell(cell: &Cell, settings: &Settings) -> Result<CellResult> {
         .tempdir_in(&settings.base_dir)
         .with_context(|| format!("creating a data directory in {}", settings.base_dir.display()))?;
     let mut cfg = EngineConfig::new(dir.path().join("data"));
-    cfg.log = LogConfig { fsync: cell.policy, ..settings.log };
+    cfg.defaults.fsync = cell.policy;
+    cfg.defaults.segment_bytes = settings.log.segment_bytes;
+    cfg.checkpoint_bytes = settings.log.checkpoint_bytes;
     cfg.committer_threads = settings.committer_threads;
     let engine = Engine::open(cfg).context("opening the engine")?;
-    let q = engine.queue("bench").context("creating the queue")?;
+    let q = engine.queue("bench").context("creating the queue")?.log().clone();
     let msg = Message::new(Bytes::from(vec![0x5a_u8; cell.payload]));
     let record_bytes = gmq_engine::format::encoded_len(&msg).map_err(|e| anyhow!("payload does not fit: {e}"))?;
 

@@ -26,7 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (q, e) in &r.quarantined {
         println!("  quarantined {q}: {e}");
     }
-    let q = engine.queue("demo")?;
+    let q = engine.queue("demo")?.log().clone();
     let start_offset = q.next_offset();
     let threads = 16;
     let t0 = Instant::now();

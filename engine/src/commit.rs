@@ -90,7 +90,7 @@ impl Slot {
 /// queue's fsync policy says the records are stored. Wait with
 /// [`Append::wait`] on a plain thread or `.await` it from any async runtime
 /// (it never blocks the executor).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 #[must_use = "an append is not stored until it completes"]
 pub struct Append {
     slot: Arc<Slot>,

@@ -62,6 +62,15 @@ pub enum Error {
     /// The engine is closing.
     #[error("the engine is shutting down")]
     ShuttingDown,
+    /// A publish past `max_length` or `max_bytes` with `overflow = reject`.
+    #[error("{0}")]
+    QueueFull(String),
+    /// `create` of an existing queue with other settings.
+    #[error("{0}")]
+    Conflict(String),
+    /// Settings out of range, or a malformed option (the message names it).
+    #[error("{0}")]
+    BadRequest(String),
 }
 
 impl Error {

@@ -14,6 +14,9 @@
 //! <data>/queues/<name>/00000000000000000000.seg   segment, named by its first offset
 //! <data>/queues/<name>/00000000000000000000.idx   its sparse index (derived)
 //! <data>/queues/<name>/checkpoint                 recovery checkpoint (derived)
+//! <data>/queues/<name>/queue                      settings and incarnation (text)
+//! <data>/queues/<name>/groups                     group state log (acks, floors)
+//! <data>/bindings                                 topic bindings (text)
 //! ```
 //!
 //! See `docs/storage-format.md` for the bytes and [`recovery`] for the policy.
@@ -24,17 +27,28 @@ mod engine;
 mod error;
 mod files;
 pub mod format;
+mod group;
 pub mod io;
 mod log;
+pub mod memfs;
+mod queue;
+pub mod ranges;
 pub mod recovery;
+pub mod routing;
+mod settings;
+pub mod signal;
 pub mod sim;
+pub mod state;
 mod sync;
 
 pub use commit::Append;
-pub use engine::{Engine, EngineConfig, OpenReport};
+pub use engine::{Engine, EngineConfig, OpenReport, QueueSummary, SETTINGS_FILE};
 pub use error::{Error, Result};
 pub use format::{Message, Record};
+pub use group::{AckMode, ConsumerId, DeadReason, Delivery, Group, GroupCounters};
 pub use log::{FsyncPolicy, LogConfig, QueueLog};
+pub use queue::{CompactReport, ConsumeOptions, GroupStats, Pending, Published, Queue, QueueStats};
+pub use settings::{Overflow, QueueSettings, QueueSpec, Retention, StartFrom};
 
 /// Wall-clock time source, injectable for tests.
 pub trait Clock: Send + Sync + std::fmt::Debug {

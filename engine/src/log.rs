@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::files::Env;
 use crate::format::{self, DecodeError, Message, Record, INDEX_INTERVAL, SEGMENT_HEADER_LEN};
 use crate::io::{Mapped, VFile};
+use crate::signal::Signal;
 
 /// When an append counts as stored. What survives what:
 ///
@@ -138,6 +139,11 @@ pub(crate) struct Shared {
     pub(crate) env: Arc<Env>,
     pub(crate) view: RwLock<View>,
     quarantine: OnceLock<Error>,
+    /// Notified when records become visible.
+    pub(crate) signal: Arc<Signal>,
+    /// Readers hold it shared; deleting or replacing a sealed segment holds
+    /// it exclusively, so a read never meets a file that changed under its plan.
+    swap: RwLock<()>,
 }
 
 impl Shared {
@@ -206,6 +212,8 @@ impl QueueLog {
             env: env.clone(),
             view: RwLock::new(view),
             quarantine: OnceLock::new(),
+            signal: Arc::new(Signal::default()),
+            swap: RwLock::new(()),
         });
         let last_entry = sh.view().active_index.last().map_or(0, |e| e.1);
         let sink = LogSink {
@@ -284,6 +292,11 @@ impl QueueLog {
         self.sh.view().next_offset
     }
 
+    /// The offset the next append gets (appends in flight included).
+    pub fn assigned_offset(&self) -> u64 {
+        self.gc.next_offset()
+    }
+
     /// Bytes held by the queue's segments.
     pub fn bytes(&self) -> u64 {
         let v = self.sh.view();
@@ -300,6 +313,7 @@ impl QueueLog {
     /// least one record is returned when one is available).
     pub fn read(&self, from: u64, max_records: usize, max_bytes: usize) -> Result<Vec<Record>> {
         self.check_usable()?;
+        let _swap = self.sh.swap.read().unwrap_or_else(|e| e.into_inner());
         let mut out = Vec::new();
         let mut bytes = 0usize;
         let mut from = from;
@@ -452,6 +466,7 @@ impl QueueLog {
     /// oldest first (so a crash leaves a contiguous log), then syncs the
     /// directory. Returns how many were deleted. The active segment stays.
     pub fn delete_segments_below(&self, offset: u64) -> Result<usize> {
+        let _swap = self.sh.swap.write().unwrap_or_else(|e| e.into_inner());
         let doomed: Vec<u64> = {
             let v = self.sh.view();
             let bases: Vec<u64> = v.sealed.keys().copied().chain([v.active_base]).collect();
@@ -468,6 +483,110 @@ impl QueueLog {
             self.sh.env.vfs.sync_dir(&self.sh.dir).map_err(self.sh.io("syncing the queue directory"))?;
         }
         Ok(doomed.len())
+    }
+
+    /// Notified whenever records become visible.
+    pub fn signal(&self) -> &Arc<Signal> {
+        &self.sh.signal
+    }
+
+    /// `(base, bytes)` of every sealed segment, oldest first.
+    pub fn sealed_segments(&self) -> Vec<(u64, u64)> {
+        self.sh.view().sealed.iter().map(|(&b, s)| (b, s.len)).collect()
+    }
+
+    /// Base offset of the active segment.
+    pub fn active_base(&self) -> u64 {
+        self.sh.view().active_base
+    }
+
+    /// Path of the segment file with this base.
+    pub fn segment_path(&self, base: u64) -> PathBuf {
+        self.sh.seg_path(base)
+    }
+
+    /// When the segment with this base was created (its header's time).
+    pub fn segment_created_ms(&self, base: u64) -> Result<u64> {
+        let mut h = [0u8; SEGMENT_HEADER_LEN as usize];
+        let path = self.sh.seg_path(base);
+        let f = self.sh.env.files.get(&path).map_err(self.sh.io("opening a segment"))?;
+        f.read_exact_at(&mut h, 0).map_err(self.sh.io("reading a segment header"))?;
+        format::decode_segment_header(&h, base).map_err(|e| self.sh.corrupt(&path, 0, format!("segment header: {e:?}")))
+    }
+
+    /// Approximate bytes of the log from `offset` to its end (exact to the
+    /// index interval, 4 KiB).
+    pub fn bytes_from(&self, offset: u64) -> u64 {
+        let v = self.sh.view();
+        if offset >= v.active_base {
+            return v.active_len - lookup(&v.active_index, offset).min(v.active_len);
+        }
+        let first = v.sealed.range(..=offset).next_back().map(|(&b, _)| b);
+        let mut total = v.active_len - SEGMENT_HEADER_LEN;
+        for (&b, s) in v.sealed.range(first.unwrap_or(0)..) {
+            let start = match s.index.get() {
+                Some(m) if Some(b) == first => lookup_mapped(m.as_ref().as_ref(), offset),
+                _ => SEGMENT_HEADER_LEN,
+            };
+            total += s.len.saturating_sub(start);
+        }
+        total
+    }
+
+    /// Seals the active segment if it holds records, so that everything
+    /// stored so far can be deleted segment by segment (purge).
+    pub fn seal_active(&self) -> Result<()> {
+        self.gc.with_sink(|s| {
+            s.guard(|s| {
+                if s.len > SEGMENT_HEADER_LEN {
+                    let next = s.next;
+                    s.roll(next)?;
+                }
+                Ok(())
+            })
+        })
+    }
+
+    /// Replaces sealed segment `base` with `bytes` (a compacted copy that
+    /// keeps every offset it still holds): a new file is written and synced,
+    /// then renamed over the old one; its index is rebuilt on first read. A
+    /// crash leaves the old segment or the new one, never a mix; the leftover
+    /// temporary file is removed at the next open.
+    pub fn replace_sealed(&self, base: u64, bytes: &[u8]) -> Result<()> {
+        let _swap = self.sh.swap.write().unwrap_or_else(|e| e.into_inner());
+        if !self.sh.view().sealed.contains_key(&base) {
+            return Err(Error::NotFound(format!("{} segment {base}", self.sh.name)));
+        }
+        let seg = self.sh.seg_path(base);
+        let idx = self.sh.idx_path(base);
+        if self.sh.env.vfs.exists(&idx) {
+            self.sh.env.vfs.remove_file(&idx).map_err(self.sh.io("removing an index"))?;
+        }
+        self.sh.env.files.forget(&seg);
+        self.sh.env.vfs.write_atomic(&seg, bytes).map_err(self.sh.io("replacing a segment"))?;
+        self.sh.env.files.forget(&seg);
+        self.sh.view_mut().sealed.insert(base, SealedSeg::new(bytes.len() as u64, None));
+        Ok(())
+    }
+
+    /// The first offset whose record was stored at or after `time_ms`, or
+    /// the next offset if none was.
+    pub fn offset_for_time(&self, time_ms: u64) -> Result<u64> {
+        let mut from = self.first_offset();
+        for (base, _) in self.sealed_segments().into_iter().rev() {
+            if self.segment_created_ms(base)? <= time_ms {
+                from = base;
+                break;
+            }
+        }
+        loop {
+            let recs = self.read(from, 256, 1 << 20)?;
+            let Some(last) = recs.last() else { return Ok(self.next_offset()) };
+            if let Some(r) = recs.iter().find(|r| r.timestamp_ms >= time_ms) {
+                return Ok(r.offset);
+            }
+            from = last.offset + 1;
+        }
     }
 
     /// Waits for every append so far, syncs whatever is unsynced, and writes
@@ -703,6 +822,7 @@ impl LogSink {
             v.next_offset = batch.next;
             v.active_index.extend(fresh);
         }
+        self.sh.signal.notify();
         if self.len.saturating_sub(self.ckpt_len) >= cfg.checkpoint_bytes {
             if self.dirty() {
                 self.sync(file.as_ref())?;

@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use common::{for_seeds, random_message, Rng};
 use gmq_engine::sim::{FaultKind, SimFs};
-use gmq_engine::{Append, Engine, EngineConfig, Error, FsyncPolicy, LogConfig, Message};
+use gmq_engine::{Append, Engine, EngineConfig, Error, FsyncPolicy, Message};
 
 const QUEUES: [&str; 3] = ["alpha", "beta", "gamma.dlq"];
 
@@ -47,8 +47,9 @@ fn config(rng: &mut Rng, policy: FsyncPolicy) -> EngineConfig {
     let mut cfg = EngineConfig::new("/data");
     cfg.committer_threads = 0;
     cfg.max_open_files = rng.range(1, 5) as usize;
-    cfg.log =
-        LogConfig { fsync: policy, segment_bytes: rng.range(4096, 20_000), checkpoint_bytes: rng.range(4096, 12_000) };
+    cfg.defaults.fsync = policy;
+    cfg.defaults.segment_bytes = rng.range(4096, 20_000);
+    cfg.checkpoint_bytes = rng.range(4096, 12_000);
     cfg
 }
 
@@ -57,7 +58,9 @@ fn config(rng: &mut Rng, policy: FsyncPolicy) -> EngineConfig {
 fn check(engine: &Engine, models: &mut [QueueModel], strict: bool, seed: u64) {
     for (i, name) in QUEUES.iter().enumerate() {
         let m = &mut models[i];
-        let Some(q) = engine.get(name).unwrap_or_else(|e| panic!("seed {seed}: queue {name}: {e}")) else {
+        let Some(q) =
+            engine.get(name).unwrap_or_else(|e| panic!("seed {seed}: queue {name}: {e}")).map(|q| q.log().clone())
+        else {
             assert!(m.durable.range(m.floor..).next().is_none(), "seed {seed}: queue {name} vanished");
             continue;
         };
@@ -152,7 +155,7 @@ fn run(seed: u64) {
                         vec![random_message(&mut rng, max)]
                     };
                     let q = match engine.queue(name) {
-                        Ok(q) => q,
+                        Ok(q) => q.log().clone(),
                         Err(e) => {
                             assert!(e.is_storage(), "seed {seed}: {e}");
                             continue;
@@ -171,7 +174,10 @@ fn run(seed: u64) {
                             harvest(&mut inflight, &mut models);
                             let r = engine.reopen(name);
                             if trace() {
-                                eprintln!("  reopen {name}: {:?}", r.map(|q| (q.first_offset(), q.next_offset())));
+                                eprintln!(
+                                    "  reopen {name}: {:?}",
+                                    r.map(|q| (q.log().first_offset(), q.log().next_offset()))
+                                );
                             }
                         }
                     }
@@ -184,7 +190,7 @@ fn run(seed: u64) {
                 }
                 80..=84 => {
                     harvest(&mut inflight, &mut models);
-                    if let Ok(Some(q)) = engine.get(name) {
+                    if let Ok(Some(q)) = engine.get(name).map(|o| o.map(|q| q.log().clone())) {
                         if q.failure().is_none() {
                             let recs = q.read(0, usize::MAX, usize::MAX).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
                             for r in &recs {
@@ -204,14 +210,14 @@ fn run(seed: u64) {
                 88..=89 => fs.set_full(rng.pct(50)),
                 90..=92 => {
                     harvest(&mut inflight, &mut models);
-                    if let Ok(Some(q)) = engine.get(name) {
+                    if let Ok(Some(q)) = engine.get(name).map(|o| o.map(|q| q.log().clone())) {
                         if q.failure().is_some() {
                             let _ = engine.reopen(name);
                         }
                     }
                 }
                 93..=95 => {
-                    if let Ok(Some(q)) = engine.get(name) {
+                    if let Ok(Some(q)) = engine.get(name).map(|o| o.map(|q| q.log().clone())) {
                         let upto = models[qi].durable.keys().copied().nth(rng.range(0, 40) as usize);
                         if let Some(upto) = upto {
                             let r = q.delete_segments_below(upto);
@@ -227,7 +233,7 @@ fn run(seed: u64) {
                     }
                 }
                 _ => {
-                    if let Ok(Some(q)) = engine.get(name) {
+                    if let Ok(Some(q)) = engine.get(name).map(|o| o.map(|q| q.log().clone())) {
                         match q.flush() {
                             Ok(()) | Err(Error::Io { .. } | Error::Poisoned { .. }) => {}
                             Err(e) => panic!("seed {seed}: flush: {e}"),

@@ -47,7 +47,7 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 fn every_field_round_trips_on_the_real_filesystem() {
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::open(EngineConfig::new(dir.path())).unwrap();
-    let q = engine.queue("orders").unwrap();
+    let q = engine.queue("orders").unwrap().log().clone();
     let mut rng = Rng::new(1);
     let msgs: Vec<Message> = (0..50).map(|_| random_message(&mut rng, 3000)).collect();
     let a = q.append(&msgs[0]).unwrap().wait().unwrap();
@@ -60,7 +60,7 @@ fn every_field_round_trips_on_the_real_filesystem() {
     engine.close().unwrap();
     let engine = Engine::open(EngineConfig::new(dir.path())).unwrap();
     assert_eq!(engine.open_report().scanned_bytes, 0, "a clean restart scans nothing");
-    let again = engine.get("orders").unwrap().unwrap().read(0, usize::MAX, usize::MAX).unwrap();
+    let again = engine.get("orders").unwrap().unwrap().log().clone().read(0, usize::MAX, usize::MAX).unwrap();
     assert_eq!(again, got);
 }
 
@@ -68,9 +68,9 @@ fn every_field_round_trips_on_the_real_filesystem() {
 fn reads_by_offset_across_segments_and_after_reopen() {
     let fs = SimFs::new(3);
     let mut cfg = sim_config(1);
-    cfg.log.segment_bytes = 4096;
+    cfg.defaults.segment_bytes = 4096;
     let engine = open(&fs, &cfg);
-    let q = engine.queue("q").unwrap();
+    let q = engine.queue("q").unwrap().log().clone();
     let mut rng = Rng::new(3);
     let mut model = Vec::new();
     for _ in 0..300 {
@@ -105,7 +105,7 @@ fn reads_by_offset_across_segments_and_after_reopen() {
         }
     }
     let engine = open(&fs, &cfg);
-    check(&engine.get("q").unwrap().unwrap(), &mut rng);
+    check(&engine.get("q").unwrap().unwrap().log().clone(), &mut rng);
     assert!(fs.files().iter().any(|f| f.extension().is_some_and(|e| e == "idx")), "indexes rebuilt");
 }
 
@@ -113,10 +113,10 @@ fn reads_by_offset_across_segments_and_after_reopen() {
 fn a_crash_rescans_only_the_tail_after_the_checkpoint() {
     let fs = SimFs::new(5);
     let mut cfg = sim_config(1);
-    cfg.log.checkpoint_bytes = 8192;
-    cfg.log.segment_bytes = 64 << 20;
+    cfg.checkpoint_bytes = 8192;
+    cfg.defaults.segment_bytes = 64 << 20;
     let engine = open(&fs, &cfg);
-    let q = engine.queue("q").unwrap();
+    let q = engine.queue("q").unwrap().log().clone();
     for i in 0..2000u32 {
         q.append(&Message::new(vec![i as u8; 100])).unwrap().wait().unwrap();
     }
@@ -127,14 +127,14 @@ fn a_crash_rescans_only_the_tail_after_the_checkpoint() {
     let scanned = engine.open_report().scanned_bytes;
     assert!(total > 200_000);
     assert!(scanned <= 8192 + 200, "scanned {scanned} of {total} bytes after a crash");
-    assert_eq!(engine.get("q").unwrap().unwrap().next_offset(), 2000);
+    assert_eq!(engine.get("q").unwrap().unwrap().log().clone().next_offset(), 2000);
 }
 
 #[test]
 fn concurrent_appends_share_fsyncs() {
     let fs = SimFs::new(7);
     let engine = Arc::new(open(&fs, &sim_config(1)));
-    let q = engine.queue("q").unwrap();
+    let q = engine.queue("q").unwrap().log().clone();
     let before = fs.syncs();
     let threads: Vec<_> = (0..16)
         .map(|t| {
@@ -158,7 +158,7 @@ fn concurrent_appends_share_fsyncs() {
 fn an_append_is_a_future() {
     let fs = SimFs::new(8);
     let engine = open(&fs, &sim_config(2));
-    let q = engine.queue("q").unwrap();
+    let q = engine.queue("q").unwrap().log().clone();
     let offs = block_on(async { q.append(&Message::new("a")).unwrap().await }).unwrap();
     assert_eq!(offs, 0..1);
     let futs: Vec<_> = (0..10).map(|i| q.append(&Message::new(vec![i])).unwrap()).collect();
@@ -170,9 +170,9 @@ fn an_append_is_a_future() {
 fn interval_policy_syncs_within_its_interval_and_never_leaves_it_to_the_os() {
     let fs = SimFs::new(9);
     let mut cfg = sim_config(1);
-    cfg.log.fsync = FsyncPolicy::Interval(20);
+    cfg.defaults.fsync = FsyncPolicy::Interval(20);
     let engine = open(&fs, &cfg);
-    let q = engine.queue("q").unwrap();
+    let q = engine.queue("q").unwrap().log().clone();
     q.append(&Message::new("x")).unwrap().wait().unwrap();
     let s0 = fs.syncs();
     // Acknowledged after the write; the interval sync follows by itself.
@@ -183,9 +183,9 @@ fn interval_policy_syncs_within_its_interval_and_never_leaves_it_to_the_os() {
 
     let fs = SimFs::new(10);
     let mut cfg = sim_config(1);
-    cfg.log.fsync = FsyncPolicy::Never;
+    cfg.defaults.fsync = FsyncPolicy::Never;
     let engine = open(&fs, &cfg);
-    let q = engine.queue("q").unwrap();
+    let q = engine.queue("q").unwrap().log().clone();
     let s0 = fs.syncs();
     for i in 0..100u8 {
         q.append(&Message::new(vec![i])).unwrap().wait().unwrap();
@@ -199,8 +199,8 @@ fn a_failed_fsync_acknowledges_nothing_and_stops_the_queue() {
     for crash in [false, true] {
         let fs = SimFs::new(11);
         let engine = open(&fs, &sim_config(1));
-        let q = engine.queue("q").unwrap();
-        let other = engine.queue("other").unwrap();
+        let q = engine.queue("q").unwrap().log().clone();
+        let other = engine.queue("other").unwrap().log().clone();
         for i in 0..10u8 {
             q.append(&Message::new(vec![i])).unwrap().wait().unwrap();
         }
@@ -218,7 +218,7 @@ fn a_failed_fsync_acknowledges_nothing_and_stops_the_queue() {
             engine.reopen("q").unwrap();
             (engine, fs)
         };
-        let q = engine.get("q").unwrap().unwrap();
+        let q = engine.get("q").unwrap().unwrap().log().clone();
         let got = payloads(&q.read(0, 100, usize::MAX).unwrap());
         assert_eq!(got, (0..10u8).map(|i| vec![i]).collect::<Vec<_>>(), "crash={crash}");
         assert_eq!(q.append(&Message::new("after")).unwrap().wait().unwrap(), 10..11);
@@ -231,16 +231,20 @@ fn a_failed_fsync_acknowledges_nothing_and_stops_the_queue() {
 fn a_full_disk_fails_appends_and_keeps_serving_reads() {
     let fs = SimFs::new(12);
     let engine = open(&fs, &sim_config(1));
-    let q = engine.queue("q").unwrap();
+    let q = engine.queue("q").unwrap().log().clone();
     for i in 0..5u8 {
         q.append(&Message::new(vec![i; 1000])).unwrap().wait().unwrap();
     }
     fs.set_full(true);
     let err = q.append(&Message::new(vec![9; 5000])).unwrap().wait().unwrap_err();
     assert!(err.is_storage(), "{err}");
-    assert_eq!(engine.get("q").unwrap().unwrap().read(0, 100, usize::MAX).unwrap().len(), 5, "reads go on");
+    assert_eq!(
+        engine.get("q").unwrap().unwrap().log().clone().read(0, 100, usize::MAX).unwrap().len(),
+        5,
+        "reads go on"
+    );
     fs.set_full(false);
-    let q = engine.reopen("q").unwrap();
+    let q = engine.reopen("q").unwrap().log().clone();
     assert_eq!(q.next_offset(), 5, "the half-written batch is gone");
     assert_eq!(q.append(&Message::new("more")).unwrap().wait().unwrap(), 5..6);
     let rep = recovery::verify(&fs, Path::new("/data"), None).unwrap();
@@ -271,7 +275,7 @@ fn clone_disk(src: &SimFs, seed: u64, mut edit: impl FnMut(&Path, Vec<u8>) -> Ve
 fn built_queue() -> (SimFs, Vec<Message>, Vec<(u64, u64)>) {
     let fs = SimFs::new(13);
     let engine = open(&fs, &sim_config(1));
-    let q = engine.queue("q").unwrap();
+    let q = engine.queue("q").unwrap().log().clone();
     let mut rng = Rng::new(13);
     let mut msgs = Vec::new();
     for _ in 0..6 {
@@ -302,7 +306,7 @@ fn a_torn_tail_at_every_byte_keeps_every_earlier_record() {
         drop_checkpoint(&disk, "q");
         let engine = open(&disk, &sim_config(1));
         assert!(engine.open_report().quarantined.is_empty(), "cut {cut}: a torn tail is not corruption");
-        let q = engine.get("q").unwrap().unwrap();
+        let q = engine.get("q").unwrap().unwrap().log().clone();
         // Whole records before the cut survive, but a batch only as a whole.
         let mut survive = ends.iter().filter(|&&(_, end)| end as usize <= cut).count();
         if survive > 6 && survive < 9 {
@@ -332,7 +336,7 @@ fn a_bit_flip_mid_log_quarantines_only_that_queue_and_repair_keeps_the_rest() {
     let (fs, msgs, ends) = built_queue();
     {
         let engine = open(&fs, &sim_config(1));
-        engine.queue("healthy").unwrap().append(&Message::new("ok")).unwrap().wait().unwrap();
+        engine.queue("healthy").unwrap().log().clone().append(&Message::new("ok")).unwrap().wait().unwrap();
     }
     let damaged_at = ends[1].1; // start of the record with offset 2
     let disk = clone_disk(&fs, 1, |p, mut d| {
@@ -356,7 +360,7 @@ fn a_bit_flip_mid_log_quarantines_only_that_queue_and_repair_keeps_the_rest() {
             e => panic!("{e}"),
         }
         assert!(matches!(engine.queue("q"), Err(Error::Corrupt { .. })));
-        assert_eq!(engine.get("healthy").unwrap().unwrap().read(0, 9, usize::MAX).unwrap().len(), 1);
+        assert_eq!(engine.get("healthy").unwrap().unwrap().log().clone().read(0, 9, usize::MAX).unwrap().len(), 1);
     }
     let rep = recovery::verify(&disk, Path::new("/data"), None).unwrap();
     let corrupt: Vec<_> = rep.findings.iter().filter(|f| f.kind == FindingKind::Corrupt).collect();
@@ -373,7 +377,7 @@ fn a_bit_flip_mid_log_quarantines_only_that_queue_and_repair_keeps_the_rest() {
     assert_eq!(done.records_kept, 8);
     assert!(recovery::verify(&disk, Path::new("/data"), None).unwrap().findings.is_empty());
     let engine = open(&disk, &sim_config(1));
-    let q = engine.get("q").unwrap().unwrap();
+    let q = engine.get("q").unwrap().unwrap().log().clone();
     let got: Vec<(u64, Message)> =
         q.read(0, 100, usize::MAX).unwrap().into_iter().map(|r| (r.offset, r.message)).collect();
     let want: Vec<(u64, Message)> =
@@ -386,10 +390,10 @@ fn a_bit_flip_mid_log_quarantines_only_that_queue_and_repair_keeps_the_rest() {
 fn a_bit_flip_in_a_sealed_segment_is_caught_by_reads_and_verify() {
     let fs = SimFs::new(14);
     let mut cfg = sim_config(1);
-    cfg.log.segment_bytes = 4096;
+    cfg.defaults.segment_bytes = 4096;
     {
         let engine = open(&fs, &cfg);
-        let q = engine.queue("q").unwrap();
+        let q = engine.queue("q").unwrap().log().clone();
         for i in 0..100u8 {
             q.append(&Message::new(vec![i; 200])).unwrap().wait().unwrap();
         }
@@ -404,7 +408,7 @@ fn a_bit_flip_in_a_sealed_segment_is_caught_by_reads_and_verify() {
     });
     let engine = open(&disk, &cfg);
     assert!(engine.open_report().quarantined.is_empty(), "sealed segments are trusted at open");
-    let q = engine.get("q").unwrap().unwrap();
+    let q = engine.get("q").unwrap().unwrap().log().clone();
     let err = q.read(0, 100, usize::MAX).unwrap_err();
     assert!(matches!(&err, Error::Corrupt { file, .. } if *file == victim), "{err}");
     assert_eq!(engine.quarantined().len(), 1);
@@ -421,7 +425,7 @@ fn a_bit_flip_in_a_sealed_segment_is_caught_by_reads_and_verify() {
         d
     });
     let engine = open(&disk, &cfg);
-    let q = engine.get("q").unwrap().unwrap();
+    let q = engine.get("q").unwrap().unwrap().log().clone();
     let err = q.read(0, 1, usize::MAX).unwrap_err();
     assert!(matches!(&err, Error::Corrupt { file, position: 0, .. } if *file == victim), "{err}");
 }
@@ -448,7 +452,7 @@ fn a_bit_flip_in_the_last_record_is_corruption_under_a_checkpoint_and_a_torn_tai
         rep.findings
     );
     let engine = open(&disk, &sim_config(1));
-    let err = engine.get("q").unwrap().unwrap().read(0, 100, usize::MAX).unwrap_err();
+    let err = engine.get("q").unwrap().unwrap().log().clone().read(0, 100, usize::MAX).unwrap_err();
     assert!(matches!(err, Error::Corrupt { position, .. } if position == last_start), "{err}");
     drop(engine);
     // Without a checkpoint nothing tells it from a write the crash cut off:
@@ -460,7 +464,7 @@ fn a_bit_flip_in_the_last_record_is_corruption_under_a_checkpoint_and_a_torn_tai
     assert!(rep.findings.iter().all(|f| f.kind == FindingKind::TornTail), "{:?}", rep.findings);
     let engine = open(&disk, &sim_config(1));
     assert!(engine.open_report().quarantined.is_empty());
-    let got = engine.get("q").unwrap().unwrap().read(0, 100, usize::MAX).unwrap();
+    let got = engine.get("q").unwrap().unwrap().log().clone().read(0, 100, usize::MAX).unwrap();
     assert_eq!(got.into_iter().map(|r| r.message).collect::<Vec<_>>(), msgs[..6]);
 }
 
@@ -511,7 +515,7 @@ fn damage_found_by_a_read_after_a_clean_open_quarantines_the_queue() {
     });
     let engine = open(&disk, &sim_config(1));
     assert!(engine.open_report().quarantined.is_empty(), "a clean restart does not rescan");
-    let q = engine.get("q").unwrap().unwrap();
+    let q = engine.get("q").unwrap().unwrap().log().clone();
     assert_eq!(q.read(0, 1, usize::MAX).unwrap().len(), 1, "records before the damage are readable");
     assert!(matches!(q.read(0, 100, usize::MAX), Err(Error::Corrupt { .. })));
     assert_eq!(engine.quarantined().len(), 1);
@@ -521,9 +525,9 @@ fn damage_found_by_a_read_after_a_clean_open_quarantines_the_queue() {
 fn segments_below_an_offset_are_deleted_oldest_first_and_stay_deleted() {
     let fs = SimFs::new(15);
     let mut cfg = sim_config(1);
-    cfg.log.segment_bytes = 4096;
+    cfg.defaults.segment_bytes = 4096;
     let engine = open(&fs, &cfg);
-    let q = engine.queue("q").unwrap();
+    let q = engine.queue("q").unwrap().log().clone();
     for i in 0..200u8 {
         q.append(&Message::new(vec![i; 100])).unwrap().wait().unwrap();
     }
@@ -541,7 +545,7 @@ fn segments_below_an_offset_are_deleted_oldest_first_and_stay_deleted() {
     let fs = fs.crash();
     drop(engine);
     let engine = open(&fs, &cfg);
-    let q = engine.get("q").unwrap().unwrap();
+    let q = engine.get("q").unwrap().unwrap().log().clone();
     assert_eq!(q.segment_count(), 1);
     assert_eq!(q.next_offset(), 200);
 }
@@ -553,7 +557,7 @@ fn names_records_and_the_directory_lock_are_checked() {
     for bad in ["", "..", "../x", ".q", "a/b", &"x".repeat(201)] {
         assert!(matches!(engine.queue(bad), Err(Error::InvalidName(_))), "{bad:?}");
     }
-    let q = engine.queue("q").unwrap();
+    let q = engine.queue("q").unwrap().log().clone();
     let huge = Message { key: Some("k".repeat(70_000)), ..Message::new("x") };
     assert!(matches!(q.append(&huge), Err(Error::InvalidRecord(_))));
     assert!(matches!(Engine::open(EngineConfig::new(dir.path())), Err(Error::Locked(_))));
@@ -571,12 +575,12 @@ fn ten_thousand_queues_with_a_bounded_number_of_open_files() {
     let dir = tempfile::TempDir::new_in("/dev/shm").or_else(|_| tempfile::tempdir()).unwrap();
     let mut cfg = EngineConfig::new(dir.path());
     cfg.max_open_files = 64;
-    cfg.log.fsync = FsyncPolicy::Never;
+    cfg.defaults.fsync = FsyncPolicy::Never;
     let base = open_fds();
     let engine = Engine::open(cfg.clone()).unwrap();
     let mut peak = 0;
     for i in 0..10_000 {
-        let q = engine.queue(&format!("q{i}")).unwrap();
+        let q = engine.queue(&format!("q{i}")).unwrap().log().clone();
         q.append(&Message::new(format!("m{i}"))).unwrap().wait().unwrap();
         if i % 500 == 0 {
             peak = peak.max(open_fds());
@@ -588,7 +592,7 @@ fn ten_thousand_queues_with_a_bounded_number_of_open_files() {
     let engine = Engine::open(cfg).unwrap();
     assert_eq!(engine.queue_names().len(), 10_000);
     assert_eq!(engine.open_report().scanned_bytes, 0);
-    let q = engine.get("q9999").unwrap().unwrap();
+    let q = engine.get("q9999").unwrap().unwrap().log().clone();
     assert_eq!(&q.read(0, 1, usize::MAX).unwrap()[0].message.payload[..], b"m9999");
     assert!(open_fds() <= base + 64 + 16);
 }

@@ -411,7 +411,7 @@ fn open(fs: &SimFs) -> Engine {
 
 fn read_all(engine: &Engine) -> Vec<Record> {
     let q = match engine.get(QUEUE) {
-        Ok(Some(q)) => q,
+        Ok(Some(q)) => q.log().clone(),
         Ok(None) => panic!("queue {QUEUE} is gone"),
         Err(e) => panic!("queue {QUEUE} did not open: {e}"),
     };
@@ -487,7 +487,7 @@ pub fn segment_recovery(data: &[u8]) {
 /// After recovery: an append lands after the recovered records, and a clean
 /// close and reopen give the same log without scanning.
 fn keeps_working(fs: &SimFs, engine: Engine, mut records: Vec<Record>) {
-    let q = engine.get(QUEUE).ok().flatten().expect("queue is open");
+    let q = engine.get(QUEUE).ok().flatten().expect("queue is open").log().clone();
     let next = records.last().map_or(0, |r| r.offset + 1);
     assert_eq!(q.next_offset(), next);
     let m = Message::new(&b"appended after recovery"[..]);
@@ -634,10 +634,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("gmq-fuzz-doc-reader-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let mut cfg = EngineConfig::new(&dir);
-        cfg.log.segment_bytes = 8192;
+        cfg.defaults.segment_bytes = 8192;
         let engine =
             Engine::open_with(cfg, Arc::new(gmq_engine::io::RealFs), Arc::new(FixedClock(EPOCH_MS))).expect("open");
-        let q = engine.queue("orders").expect("queue");
+        let q = engine.queue("orders").expect("queue").log().clone();
         for i in 0..120u32 {
             let m = generated_message(i as usize, &vec![i as u8; (i as usize * 37) % 500], (i % 64) as u8);
             if i % 10 == 9 {
