@@ -482,3 +482,115 @@ impl Group {
         !self.is_done(o)
     }
 }
+
+/// Loom model of the lease table under concurrent consume, ack, expiry and
+/// release: `RUSTFLAGS="--cfg loom" cargo test -p gmq-engine --lib --release loom_`.
+#[cfg(all(test, loom))]
+mod loom_model {
+    use super::*;
+    use crate::format::Message;
+    use loom::sync::{Arc, Mutex};
+
+    #[derive(Default)]
+    struct World {
+        /// `(consumer, offset, deliveries)` in the order handed out.
+        delivered: Vec<(ConsumerId, u64, u32)>,
+        /// Offsets whose ack made them done.
+        acked: Vec<u64>,
+    }
+
+    fn rec(o: u64) -> Record {
+        Record { offset: o, timestamp_ms: 0, message: Message::new(vec![o as u8]) }
+    }
+
+    fn poll(g: &mut Group, w: &mut World, consumer: ConsumerId, now: u64, max: usize) -> Vec<u64> {
+        let rules = PollRules {
+            consumer,
+            max,
+            events: None,
+            mode: AckMode::Manual,
+            now,
+            lease_ms: 10,
+            max_deliveries: 0,
+            dead_letter_expired: false,
+        };
+        let p = g
+            .poll::<()>(
+                &rules,
+                |from, n| Ok((from..3).take(n).map(rec).collect()),
+                |o| Ok((o < 3).then(|| rec(o))),
+                |_| false,
+            )
+            .unwrap_or_default();
+        for d in &p.out {
+            assert!(!w.acked.contains(&d.record.offset), "offset {} delivered after its ack", d.record.offset);
+            w.delivered.push((consumer, d.record.offset, d.deliveries));
+        }
+        p.out.iter().map(|d| d.record.offset).collect()
+    }
+
+    #[test]
+    fn loom_leases_under_consume_ack_expiry_and_release() {
+        let mut b = loom::model::Builder::new();
+        b.preemption_bound = Some(3);
+        b.check(|| {
+            let state = Arc::new(Mutex::new((Group::new(0, 0), World::default())));
+            let s1 = state.clone();
+            let t1 = loom::thread::spawn(move || {
+                let got = {
+                    let mut st = s1.lock().unwrap();
+                    let (g, w) = &mut *st;
+                    poll(g, w, 1, 0, 2)
+                };
+                let mut st = s1.lock().unwrap();
+                let (g, w) = &mut *st;
+                let done = g.ack(&got);
+                w.acked.extend(done);
+            });
+            let s2 = state.clone();
+            let t2 = loom::thread::spawn(move || {
+                // Later in time: consumer 1's leases may have expired.
+                let got = {
+                    let mut st = s2.lock().unwrap();
+                    let (g, w) = &mut *st;
+                    poll(g, w, 2, 20, 3)
+                };
+                let mut st = s2.lock().unwrap();
+                let (g, w) = &mut *st;
+                let done = g.ack(&got);
+                w.acked.extend(done);
+            });
+            let s3 = state.clone();
+            let t3 = loom::thread::spawn(move || {
+                let mut st = s3.lock().unwrap();
+                st.0.release(1, 5);
+            });
+            t1.join().unwrap();
+            t2.join().unwrap();
+            t3.join().unwrap();
+            let mut st = state.lock().unwrap();
+            let (g, w) = &mut *st;
+            // Every ack made its offset done exactly once.
+            let mut acked = w.acked.clone();
+            acked.sort_unstable();
+            let before = acked.len();
+            acked.dedup();
+            assert_eq!(before, acked.len(), "an offset acked twice");
+            for &o in &acked {
+                assert!(g.is_done(o));
+            }
+            // Nothing is lost: what is not acked comes back once leases expire.
+            let rest = poll(g, w, 3, 1_000, 10);
+            let mut all: Vec<u64> = acked.iter().chain(&rest).copied().collect();
+            all.sort_unstable();
+            assert_eq!(all, vec![0, 1, 2], "acked {acked:?}, redelivered {rest:?}");
+            // No offset was held by two consumers at once: a redelivery
+            // always carries a higher count than the delivery before it.
+            for (i, d) in w.delivered.iter().enumerate() {
+                if let Some(prev) = w.delivered[..i].iter().rev().find(|p| p.1 == d.1) {
+                    assert_eq!(d.2, prev.2 + 1, "offset {} delivered twice without expiry or release", d.1);
+                }
+            }
+        });
+    }
+}

@@ -61,6 +61,10 @@ impl<T> Pending<T> {
         self.waits.iter().all(Append::is_done)
     }
 
+    fn appends(&self) -> Vec<Append> {
+        self.waits.clone()
+    }
+
     /// Blocks until stored; the first failure wins.
     pub fn wait(self) -> Result<T> {
         for a in self.waits {
@@ -767,7 +771,7 @@ impl Queue {
                     let acked = g.moved(&m.offsets);
                     if !acked.is_empty() {
                         let rec = StateRec::Acks { gid: g.id, floor: g.floor(), ranges: state::to_ranges(&acked) };
-                        let _ = self.append_state(st, &[rec])?;
+                        drop(self.append_state(st, &[rec])?);
                     }
                 }
                 Err(e) => {
@@ -918,6 +922,11 @@ impl Queue {
     /// retention no longer needs. Returns how many segments were deleted.
     pub fn maintain(&self) -> Result<usize> {
         let now = self.env.clock.now_ms();
+        // Dead-letter copies in flight are waited for, then settled.
+        let inflight: Vec<Append> = self.lock().moves.iter().flat_map(|m| m.stored.appends()).collect();
+        for a in inflight {
+            let _ = a.wait();
+        }
         let floor = {
             let mut st = self.lock();
             self.settle_moves(&mut st, now)?;

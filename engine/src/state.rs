@@ -433,7 +433,7 @@ mod tests {
             StateRec::Acks { gid: 1, floor: 5, ranges: vec![6..8, 10..11] },
             StateRec::Acks { gid: 1, floor: 9, ranges: vec![5..6, 8..9] },
             StateRec::Low(3),
-            StateRec::Acks { gid: 9, floor: 100, ranges: vec![1..2] },
+            StateRec::Acks { gid: 9, floor: 100, ranges: std::iter::once(1..2).collect() },
         ];
         for r in &recs {
             encode(&mut b, r);

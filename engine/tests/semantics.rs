@@ -1,0 +1,518 @@
+//! Delivery semantics, one property per test, each run on the simulated
+//! disk and in memory mode (the crash cases on the simulated disk only):
+//! FIFO and fan-out, competing consumers, leases and redelivery, nack,
+//! dead letters, TTL, limits, dedup, start positions, event filters, purge,
+//! retention, compaction, topic routing, settings, waiting.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gmq_engine::sim::SimFs;
+use gmq_engine::{
+    AckMode, ConsumeOptions, Delivery, Engine, EngineConfig, Error, Message, Overflow, QueueSpec, Retention, StartFrom,
+};
+
+const T0: u64 = 1_763_800_000_000;
+
+#[derive(Debug)]
+struct TestClock(AtomicU64);
+
+impl gmq_engine::Clock for TestClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// An engine on one backend, with a clock the test moves.
+struct Env {
+    fs: Option<SimFs>,
+    clock: Arc<TestClock>,
+    cfg: EngineConfig,
+    engine: Option<Engine>,
+}
+
+impl Env {
+    fn sim() -> Env {
+        let fs = SimFs::new(7);
+        let clock = Arc::new(TestClock(AtomicU64::new(T0)));
+        let mut cfg = EngineConfig::new("/data");
+        cfg.committer_threads = 1;
+        let engine = Engine::open_with(cfg.clone(), Arc::new(fs.clone()), clock.clone()).unwrap();
+        Env { fs: Some(fs), clock, cfg, engine: Some(engine) }
+    }
+
+    fn memory() -> Env {
+        let clock = Arc::new(TestClock(AtomicU64::new(T0)));
+        let mut cfg = EngineConfig::new("/memory");
+        cfg.committer_threads = 1;
+        let engine = Engine::open_with(cfg.clone(), Arc::new(gmq_engine::memfs::MemFs::new()), clock.clone()).unwrap();
+        Env { fs: None, clock, cfg, engine: Some(engine) }
+    }
+
+    fn e(&self) -> &Engine {
+        self.engine.as_ref().unwrap()
+    }
+
+    fn advance(&self, ms: u64) {
+        self.clock.0.fetch_add(ms, Ordering::SeqCst);
+    }
+
+    /// Crash (drop what was not synced) and open again. Simulated disk only.
+    fn crash(&mut self) {
+        let fs = self.fs.as_ref().expect("crash needs the simulated disk").crash();
+        drop(self.engine.take());
+        self.engine = Some(Engine::open_with(self.cfg.clone(), Arc::new(fs.clone()), self.clock.clone()).unwrap());
+        self.fs = Some(fs);
+    }
+
+    /// Clean close and open again. Simulated disk only.
+    fn restart(&mut self) {
+        self.engine.take().unwrap().close().unwrap();
+        let fs = self.fs.clone().unwrap();
+        self.engine = Some(Engine::open_with(self.cfg.clone(), Arc::new(fs), self.clock.clone()).unwrap());
+    }
+
+    fn publish(&self, q: &str, payloads: &[&str]) -> Vec<u64> {
+        let msgs: Vec<Message> = payloads.iter().map(|p| Message::new(p.as_bytes().to_vec())).collect();
+        self.e().publish(q, &msgs).unwrap().wait().unwrap().offsets
+    }
+
+    fn consume(&self, q: &str, g: &str, c: u64, max: usize, ack: AckMode) -> Vec<Delivery> {
+        let opts = ConsumeOptions { max, ack, ..ConsumeOptions::default() };
+        self.e().consume(q, g, c, &opts).unwrap().wait().unwrap()
+    }
+
+    fn ack(&self, q: &str, g: &str, offsets: &[u64]) -> usize {
+        self.e().ack(q, g, offsets).unwrap().wait().unwrap()
+    }
+}
+
+fn offsets(d: &[Delivery]) -> Vec<u64> {
+    d.iter().map(|d| d.record.offset).collect()
+}
+
+fn payloads(d: &[Delivery]) -> Vec<String> {
+    d.iter().map(|d| String::from_utf8(d.record.message.payload.to_vec()).unwrap()).collect()
+}
+
+fn header<'a>(d: &'a Delivery, name: &str) -> Option<&'a str> {
+    d.record.message.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+/// Runs a test body on both backends.
+macro_rules! both {
+    ($($name:ident => $body:expr;)*) => {
+        mod on_sim { use super::*; $(#[test] fn $name() { ($body)(Env::sim()) })* }
+        mod in_memory { use super::*; $(#[test] fn $name() { ($body)(Env::memory()) })* }
+    };
+}
+
+both! {
+    fifo_fanout_between_groups_competition_within => |env: Env| {
+        env.publish("jobs", &["a", "b", "c", "d"]);
+        assert_eq!(payloads(&env.consume("jobs", "g1", 1, 2, AckMode::Auto)), ["a", "b"]);
+        assert_eq!(payloads(&env.consume("jobs", "g1", 2, 9, AckMode::Auto)), ["c", "d"], "competing: the rest");
+        assert_eq!(payloads(&env.consume("jobs", "g2", 3, 9, AckMode::Auto)), ["a", "b", "c", "d"], "fan-out");
+        assert!(env.consume("jobs", "g1", 1, 9, AckMode::Auto).is_empty(), "empty when nothing is left");
+        assert!(env.consume("missing", "g1", 1, 9, AckMode::Auto).is_empty(), "missing queue: empty, not an error");
+        assert_eq!(env.e().queue_names(), ["jobs"], "consuming does not create");
+    };
+
+    manual_ack_lease_expires_and_redelivers_with_a_count => |env: Env| {
+        let spec = QueueSpec { ack_timeout_ms: Some(300), ..QueueSpec::default() };
+        env.e().create_queue("q", &spec).unwrap();
+        env.publish("q", &["x", "y"]);
+        let first = env.consume("q", "g", 1, 1, AckMode::Manual);
+        assert_eq!((payloads(&first), first[0].deliveries), (vec!["x".to_owned()], 1));
+        // Another consumer gets the next one, not the leased one.
+        assert_eq!(payloads(&env.consume("q", "g", 2, 9, AckMode::Manual)), ["y"]);
+        assert!(env.consume("q", "g", 2, 9, AckMode::Manual).is_empty());
+        let q = env.e().get("q").unwrap().unwrap();
+        assert_eq!(q.next_deadline("g"), Some(T0 + 300));
+        env.advance(299);
+        assert!(env.consume("q", "g", 2, 9, AckMode::Manual).is_empty(), "not before the timeout");
+        env.advance(1);
+        let again = env.consume("q", "g", 2, 9, AckMode::Manual);
+        assert_eq!(offsets(&again), [0, 1]);
+        assert!(again.iter().all(|d| d.deliveries == 2));
+        assert_eq!(env.ack("q", "g", &[0, 1]), 2);
+        assert_eq!(env.ack("q", "g", &[0, 1]), 0, "acking twice is harmless");
+        env.advance(10_000);
+        assert!(env.consume("q", "g", 2, 9, AckMode::Manual).is_empty(), "acked: never again");
+        let s = q.stats();
+        assert_eq!((s.depth, s.groups[0].counters.redelivered), (0, 2));
+    };
+
+    a_departing_consumer_returns_its_leases_at_once => |env: Env| {
+        env.publish("q", &["a", "b", "c"]);
+        assert_eq!(env.consume("q", "g", 1, 2, AckMode::Manual).len(), 2);
+        assert_eq!(env.e().release_consumer(1), 2);
+        let d = env.consume("q", "g", 2, 9, AckMode::Manual);
+        assert_eq!(offsets(&d), [0, 1, 2]);
+        assert_eq!(d.iter().map(|d| d.deliveries).collect::<Vec<_>>(), [2, 2, 1]);
+    };
+
+    nack_with_delay_redelivers_after_it => |env: Env| {
+        env.publish("q", &["a"]);
+        env.consume("q", "g", 1, 1, AckMode::Manual);
+        assert_eq!(env.e().nack("q", "g", &[0], 500, Some("busy")).unwrap(), 1);
+        assert!(env.consume("q", "g", 1, 1, AckMode::Manual).is_empty());
+        assert_eq!(env.e().get("q").unwrap().unwrap().next_deadline("g"), Some(T0 + 500));
+        env.advance(500);
+        assert_eq!(env.consume("q", "g", 1, 1, AckMode::Manual)[0].deliveries, 2);
+        assert_eq!(env.e().nack("q", "g", &[0], 0, None).unwrap(), 1);
+        assert_eq!(env.consume("q", "g", 1, 1, AckMode::Manual)[0].deliveries, 3, "no delay: at once");
+    };
+
+    dead_letter_after_max_deliveries_with_its_origin_in_headers => |env: Env| {
+        let spec = QueueSpec { max_deliveries: Some(2), ..QueueSpec::default() };
+        env.e().create_queue("work", &spec).unwrap();
+        let m = Message { msg_id: Some("m-1".into()), event: Some("e".into()), ..Message::new("poison") };
+        env.e().publish("work", &[m, Message::new("fine")]).unwrap().wait().unwrap();
+        for n in 1..=2 {
+            let d = env.consume("work", "g", 1, 1, AckMode::Manual);
+            assert_eq!((d[0].record.offset, d[0].deliveries), (0, n));
+            env.e().nack("work", "g", &[0], 0, Some("cannot parse")).unwrap();
+        }
+        // The third delivery would pass max_deliveries: it moves instead.
+        let d = env.consume("work", "g", 1, 9, AckMode::Manual);
+        assert_eq!(payloads(&d), ["fine"]);
+        env.ack("work", "g", &[1]);
+        env.e().maintain(); // settles the move: the source offset is acked
+        let dead = env.consume("work.dlq", "ops", 9, 9, AckMode::Auto);
+        assert_eq!(payloads(&dead), ["poison"]);
+        let h = |k| header(&dead[0], k).map(str::to_owned);
+        assert_eq!(h("x-dead-letter-queue").as_deref(), Some("work"));
+        assert_eq!(h("x-dead-letter-offset").as_deref(), Some("0"));
+        assert_eq!(h("x-dead-letter-deliveries").as_deref(), Some("2"));
+        assert_eq!(h("x-dead-letter-reason").as_deref(), Some("max_deliveries"));
+        assert_eq!(h("x-dead-letter-nack-reason").as_deref(), Some("cannot parse"));
+        assert_eq!(h("x-original-msg-id").as_deref(), Some("m-1"));
+        assert_eq!(dead[0].record.message.event.as_deref(), Some("e"));
+        env.advance(100_000);
+        assert!(env.consume("work", "g", 1, 9, AckMode::Manual).is_empty(), "moved, not redelivered");
+        let s = env.e().stats("work").unwrap();
+        assert_eq!((s.depth, s.groups[0].counters.dead_lettered), (0, 1));
+    };
+
+    expired_messages_are_never_delivered => |env: Env| {
+        let spec = QueueSpec { message_ttl_ms: Some(1000), ..QueueSpec::default() };
+        env.e().create_queue("q", &spec).unwrap();
+        let short = Message { ttl_ms: Some(100), ..Message::new("short") };
+        env.e().publish("q", &[short, Message::new("long")]).unwrap().wait().unwrap();
+        env.advance(100);
+        assert_eq!(payloads(&env.consume("q", "g", 1, 9, AckMode::Auto)), ["long"], "message ttl");
+        env.advance(900);
+        assert!(env.consume("q", "g2", 1, 9, AckMode::Auto).is_empty(), "queue ttl");
+        assert_eq!(env.e().stats("q").unwrap().depth, 0);
+        // And to the dead-letter queue when the queue says so.
+        let spec = QueueSpec { dead_letter_expired: Some(true), dead_letter: Some("graveyard".into()), ..QueueSpec::default() };
+        env.e().create_queue("q2", &spec).unwrap();
+        env.e().publish("q2", &[Message { ttl_ms: Some(5), ..Message::new("old") }]).unwrap().wait().unwrap();
+        env.advance(5);
+        assert!(env.consume("q2", "g", 1, 9, AckMode::Manual).is_empty());
+        env.e().maintain();
+        let dead = env.consume("graveyard", "g", 1, 9, AckMode::Auto);
+        assert_eq!(payloads(&dead), ["old"]);
+        assert_eq!(header(&dead[0], "x-dead-letter-reason"), Some("expired"));
+        assert_eq!(dead[0].record.message.ttl_ms, None, "the copy does not expire");
+    };
+
+    max_length_rejects_or_drops_the_oldest => |env: Env| {
+        let spec = QueueSpec { max_length: Some(3), ..QueueSpec::default() };
+        env.e().create_queue("r", &spec).unwrap();
+        env.publish("r", &["1", "2", "3"]);
+        let err = env.e().publish("r", &[Message::new("4")]).unwrap_err();
+        assert!(matches!(err, Error::QueueFull(ref m) if m.contains("max_length")), "{err}");
+        env.consume("r", "g", 1, 1, AckMode::Auto);
+        env.publish("r", &["4"]); // room again: depth counts what is not yet done
+        let spec = QueueSpec { max_length: Some(3), overflow: Some(Overflow::DropOldest), ..QueueSpec::default() };
+        env.e().create_queue("d", &spec).unwrap();
+        for p in ["1", "2", "3", "4", "5"] {
+            env.publish("d", &[p]);
+        }
+        assert_eq!(payloads(&env.consume("d", "g", 1, 9, AckMode::Auto)), ["3", "4", "5"]);
+        assert!(env.e().publish("d", &(0..4).map(|_| Message::new("x")).collect::<Vec<_>>()).is_err(), "a batch larger than the queue");
+        let spec = QueueSpec { max_bytes: Some(5000), ..QueueSpec::default() };
+        env.e().create_queue("b", &spec).unwrap();
+        env.e().publish("b", &[Message::new(vec![0u8; 3000])]).unwrap().wait().unwrap();
+        let err = env.e().publish("b", &[Message::new(vec![0u8; 3000])]).unwrap_err();
+        assert!(matches!(err, Error::QueueFull(ref m) if m.contains("max_bytes")), "{err}");
+    };
+
+    msg_id_dedup_returns_the_original_offset => |env: Env| {
+        let m = |id: &str, p: &str| Message { msg_id: Some(id.into()), ..Message::new(p.as_bytes().to_vec()) };
+        let a = env.e().publish("q", &[m("a", "1")]).unwrap().wait().unwrap();
+        let b = env.e().publish("q", &[m("b", "2"), m("a", "again"), m("b", "dup in batch")]).unwrap().wait().unwrap();
+        assert_eq!((a.offsets, a.duplicate), (vec![0], vec![false]));
+        assert_eq!((b.offsets, b.duplicate), (vec![1, 0, 1], vec![false, true, true]));
+        assert_eq!(payloads(&env.consume("q", "g", 1, 9, AckMode::Auto)), ["1", "2"], "stored once");
+        env.advance(120_000);
+        let c = env.e().publish("q", &[m("a", "3")]).unwrap().wait().unwrap();
+        assert_eq!((c.offsets, c.duplicate), (vec![2], vec![false]), "outside the window: new");
+    };
+
+    new_groups_start_where_asked => |env: Env| {
+        env.publish("q", &["0", "1"]);
+        env.advance(1000);
+        env.publish("q", &["2", "3"]);
+        let from = |f| ConsumeOptions { max: 9, from: Some(f), ..ConsumeOptions::default() };
+        let got = |g: &str, f| payloads(&env.e().consume("q", g, 1, &from(f)).unwrap().wait().unwrap());
+        assert_eq!(got("latest", StartFrom::Latest), Vec::<String>::new());
+        assert_eq!(got("off", StartFrom::Offset(1)), ["1", "2", "3"]);
+        assert_eq!(got("time", StartFrom::Time(T0 + 1000)), ["2", "3"]);
+        assert_eq!(got("old", StartFrom::Oldest), ["0", "1", "2", "3"]);
+        env.publish("q", &["4"]);
+        assert_eq!(got("latest", StartFrom::Oldest), ["4"], "`from` applies only when the group is created");
+    };
+
+    event_filters_skip_for_that_consumer_only => |env: Env| {
+        let m = |e: &str| Message { event: Some(e.into()), ..Message::new(e.as_bytes().to_vec()) };
+        env.e().publish("q", &[m("created"), m("deleted"), m("created"), m("updated")]).unwrap().wait().unwrap();
+        let created = ConsumeOptions { max: 9, events: Some(vec!["created".into()]), ..ConsumeOptions::default() };
+        let d = env.e().consume("q", "g", 1, &created).unwrap().wait().unwrap();
+        assert_eq!(offsets(&d), [0, 2]);
+        assert_eq!(offsets(&env.consume("q", "g", 2, 9, AckMode::Auto)), [1, 3], "the others stay for the group");
+    };
+
+    purge_removes_everything_stored => |env: Env| {
+        env.publish("q", &["a", "b", "c"]);
+        env.consume("q", "g", 1, 1, AckMode::Auto);
+        assert_eq!(env.e().purge("q").unwrap(), 2);
+        assert!(env.consume("q", "g", 1, 9, AckMode::Auto).is_empty());
+        assert!(env.consume("q", "new", 1, 9, AckMode::Auto).is_empty(), "new groups too");
+        env.publish("q", &["d"]);
+        assert_eq!(payloads(&env.consume("q", "g", 1, 9, AckMode::Auto)), ["d"]);
+        assert!(matches!(env.e().purge("nope"), Err(Error::NotFound(_))));
+    };
+
+    acked_retention_deletes_segments_every_group_passed => |env: Env| {
+        let spec = QueueSpec { segment_bytes: Some(4096), ..QueueSpec::default() };
+        env.e().create_queue("q", &spec).unwrap();
+        let big = "x".repeat(1000);
+        for _ in 0..20 {
+            env.publish("q", &[big.as_str()]);
+        }
+        let q = env.e().get("q").unwrap().unwrap();
+        let segs = q.log().segment_count();
+        assert!(segs > 3);
+        env.consume("q", "a", 1, 20, AckMode::Auto);
+        env.consume("q", "b", 1, 5, AckMode::Auto);
+        env.e().maintain();
+        let first = q.log().first_offset();
+        assert!(first > 0 && first <= 5, "deleted up to group b's floor only: first = {first}");
+        env.consume("q", "b", 1, 20, AckMode::Auto);
+        env.e().maintain();
+        assert_eq!(q.log().segment_count(), 1);
+        assert_eq!(q.stats().depth, 0);
+    };
+
+    stream_retention_keeps_a_replayable_log_by_bytes => |env: Env| {
+        let spec = QueueSpec {
+            segment_bytes: Some(4096),
+            retention: Some(Retention::Stream { max_age_ms: None, max_bytes: Some(8192) }),
+            ..QueueSpec::default()
+        };
+        env.e().create_queue("s", &spec).unwrap();
+        let big = "y".repeat(1000);
+        for _ in 0..30 {
+            env.publish("s", &[big.as_str()]);
+        }
+        env.consume("s", "g", 1, 30, AckMode::Auto);
+        let q = env.e().get("s").unwrap().unwrap();
+        env.e().maintain();
+        assert!(q.log().bytes() <= 8192 + 4096, "bytes {}", q.log().bytes());
+        let replay = env.e().consume("s", "late", 1, &ConsumeOptions { max: 99, ..ConsumeOptions::default() }).unwrap().wait().unwrap();
+        assert!(!replay.is_empty() && replay.len() < 30, "a new group replays what is kept: {}", replay.len());
+    };
+
+    compaction_keeps_a_stuck_message_and_drops_the_rest => |env: Env| {
+        let spec = QueueSpec { segment_bytes: Some(4096), ..QueueSpec::default() };
+        env.e().create_queue("q", &spec).unwrap();
+        let big = "z".repeat(500);
+        for _ in 0..60 {
+            env.publish("q", &[big.as_str()]);
+        }
+        let stuck = env.consume("q", "g", 1, 1, AckMode::Manual);
+        assert_eq!(offsets(&stuck), [0]);
+        let rest = env.consume("q", "g", 2, 100, AckMode::Manual);
+        env.ack("q", "g", &offsets(&rest));
+        env.e().maintain();
+        let q = env.e().get("q").unwrap().unwrap();
+        let before = q.log().bytes();
+        assert!(q.log().segment_count() > 3, "the stuck message pins every segment");
+        let dry = env.e().compact("q", 0.5, true).unwrap();
+        assert_eq!(q.log().bytes(), before, "dry run writes nothing");
+        let rep = env.e().compact("q", 0.5, false).unwrap();
+        assert_eq!(rep, dry);
+        assert!(rep.segments_rewritten >= 3 && rep.bytes_after < rep.bytes_before / 4, "{rep:?}");
+        assert!(q.log().bytes() < before / 3, "{} of {before}", q.log().bytes());
+        // The stuck message is still there to redeliver, at its offset.
+        env.e().release_consumer(1);
+        let again = env.consume("q", "g", 3, 9, AckMode::Manual);
+        assert_eq!((offsets(&again), again[0].deliveries), (vec![0], 2));
+        assert_eq!(again[0].record.message.payload.len(), 500);
+        assert_eq!(env.e().compact("q", 0.5, false).unwrap().segments_rewritten, 0, "nothing left to gain");
+    };
+
+    topic_routing_with_wildcards => |env: Env| {
+        env.e().bind("eu", "orders.eu.*").unwrap();
+        env.e().bind("all", "orders.#").unwrap();
+        env.e().bind("all", "#").unwrap();
+        let m = Message::new("o1");
+        let routed = env.e().publish_topic("orders.eu.created", &m).unwrap();
+        let names: Vec<String> = routed.into_iter().map(|(n, p)| { p.wait().unwrap(); n }).collect();
+        assert_eq!(names, ["all", "eu"], "each queue once");
+        assert!(env.e().publish_topic("nothing.matches.here", &m).unwrap().iter().all(|(n, _)| n == "all"));
+        env.e().unbind("all", "#").unwrap();
+        assert!(env.e().publish_topic("nothing", &m).unwrap().is_empty());
+        assert!(matches!(env.e().unbind("all", "#"), Err(Error::NotFound(_))));
+        assert!(matches!(env.e().bind("eu", "orders.e*"), Err(Error::InvalidName(_))));
+        assert!(matches!(env.e().publish_topic("a..b", &m), Err(Error::InvalidName(_))));
+        assert_eq!(env.e().bindings(), [("all".to_owned(), "orders.#".to_owned()), ("eu".to_owned(), "orders.eu.*".to_owned())]);
+        env.e().delete_queue("eu").unwrap();
+        assert_eq!(env.e().bindings().len(), 1, "deleting a queue drops its bindings");
+    };
+
+    create_conflicts_only_on_settings_given => |env: Env| {
+        let spec = QueueSpec { ack_timeout_ms: Some(300), max_deliveries: Some(5), ..QueueSpec::default() };
+        assert!(env.e().create_queue("q", &spec).unwrap().1);
+        assert!(!env.e().create_queue("q", &spec).unwrap().1);
+        assert!(!env.e().create_queue("q", &QueueSpec::default()).unwrap().1, "left out: not compared");
+        let other = QueueSpec { ack_timeout_ms: Some(301), ..QueueSpec::default() };
+        let err = env.e().create_queue("q", &other).unwrap_err();
+        assert!(matches!(err, Error::Conflict(ref m) if m.contains("ack_timeout_ms")), "{err}");
+        assert!(matches!(env.e().create_queue("../x", &spec), Err(Error::InvalidName(_))));
+        let bad = QueueSpec { segment_bytes: Some(10), ..QueueSpec::default() };
+        assert!(matches!(env.e().create_queue("small", &bad), Err(Error::BadRequest(_))));
+        let opts = ConsumeOptions { max: 1, ..ConsumeOptions::default() };
+        assert!(matches!(env.e().consume("q", "bad/group", 1, &opts), Err(Error::InvalidName(_))));
+        assert!(matches!(env.e().publish("q", &[]), Err(Error::BadRequest(_))));
+    };
+
+    a_waiter_wakes_on_publish => |env: Env| {
+        let q = env.e().queue("q").unwrap();
+        let seen = q.signal().generation();
+        assert!(!q.may_have("g"));
+        let signal = q.signal().clone();
+        let waiter = std::thread::spawn(move || signal.wait_until(seen, Instant::now() + Duration::from_secs(10)));
+        env.publish("q", &["hi"]);
+        assert!(waiter.join().unwrap(), "woken by the publish, not the deadline");
+        assert!(q.may_have("g"));
+        let gone = q.signal().generation();
+        assert!(!q.signal().wait_until(gone, Instant::now() + Duration::from_millis(1)), "no change: times out");
+    };
+}
+
+// The crash cases: the simulated disk only.
+
+#[test]
+fn acks_and_auto_consumes_survive_a_crash_and_nothing_acked_returns() {
+    let mut env = Env::sim();
+    env.publish("q", &["0", "1", "2", "3", "4"]);
+    assert_eq!(offsets(&env.consume("q", "auto", 1, 2, AckMode::Auto)), [0, 1]);
+    let d = env.consume("q", "man", 1, 3, AckMode::Manual);
+    env.ack("q", "man", &[0, 2]);
+    assert_eq!(d.len(), 3);
+    env.crash();
+    assert_eq!(offsets(&env.consume("q", "auto", 1, 9, AckMode::Auto)), [2, 3, 4], "auto-ack: at most once");
+    let d = env.consume("q", "man", 1, 9, AckMode::Manual);
+    assert_eq!(offsets(&d), [1, 3, 4], "unacked lease redelivered, acked ones never");
+    assert_eq!(d[0].deliveries, 1, "delivery counts live in memory");
+}
+
+#[test]
+fn settings_groups_dedup_and_bindings_survive_restart_and_crash() {
+    let mut env = Env::sim();
+    let spec = QueueSpec { max_length: Some(100), ack_timeout_ms: Some(1234), ..QueueSpec::default() };
+    env.e().create_queue("q", &spec).unwrap();
+    env.e().bind("q", "a.#").unwrap();
+    let m = Message { msg_id: Some("id-1".into()), ..Message::new("once") };
+    env.e().publish("q", std::slice::from_ref(&m)).unwrap().wait().unwrap();
+    env.consume("q", "latecomer", 1, 9, AckMode::Auto);
+    env.restart();
+    assert_eq!(env.e().open_report().scanned_bytes, 0, "clean close: nothing scanned");
+    env.crash();
+    let q = env.e().get("q").unwrap().unwrap();
+    assert_eq!(q.settings().ack_timeout_ms, 1234);
+    assert_eq!(q.settings().max_length, Some(100));
+    let again = env.e().publish("q", &[m]).unwrap().wait().unwrap();
+    assert_eq!(again.duplicate, [true], "the dedup window is rebuilt from the log");
+    assert_eq!(env.e().bindings(), [("q".to_owned(), "a.#".to_owned())]);
+    assert!(env.consume("q", "latecomer", 1, 9, AckMode::Auto).is_empty());
+}
+
+#[test]
+fn a_recreated_queue_ignores_group_state_of_the_old_one() {
+    let mut env = Env::sim();
+    env.publish("q", &["a", "b"]);
+    env.consume("q", "g", 1, 2, AckMode::Auto);
+    let dir = PathBuf::from("/data/queues/q");
+    let fs = env.fs.clone().unwrap();
+    let old_state = fs.contents(&dir.join("groups")).unwrap();
+    env.e().delete_queue("q").unwrap();
+    env.publish("q", &["c", "d", "e"]);
+    // As if deleting had stopped half way and left the old state behind.
+    env.engine.take().unwrap().close().unwrap();
+    fs.set_contents(&dir.join("groups"), old_state).unwrap();
+    env.engine = Some(Engine::open_with(env.cfg.clone(), Arc::new(fs), env.clock.clone()).unwrap());
+    assert_eq!(payloads(&env.consume("q", "g", 1, 9, AckMode::Auto)), ["c", "d", "e"]);
+}
+
+#[test]
+fn a_torn_group_state_tail_is_truncated_and_damage_before_valid_records_quarantines() {
+    let mut env = Env::sim();
+    env.publish("q", &["a", "b", "c"]);
+    for o in 0..3 {
+        env.consume("q", "g", 1, 1, AckMode::Manual);
+        env.ack("q", "g", &[o]);
+    }
+    env.engine.take().unwrap().close().unwrap();
+    let fs = env.fs.clone().unwrap();
+    let path = PathBuf::from("/data/queues/q/groups");
+    let good = fs.contents(&path).unwrap();
+    let open = |bytes: Vec<u8>| {
+        fs.set_contents(&path, bytes).unwrap();
+        Engine::open_with(env.cfg.clone(), Arc::new(fs.clone()), env.clock.clone()).unwrap()
+    };
+    // The last ack record cut short: that ack is lost (it was never
+    // acknowledged), the rest stands.
+    let e = open(good[..good.len() - 5].to_vec());
+    let opts = ConsumeOptions { max: 9, ..ConsumeOptions::default() };
+    assert_eq!(offsets(&e.consume("q", "g", 1, &opts).unwrap().wait().unwrap()), [2]);
+    drop(e);
+    // A flipped bit in the first record with valid ones after it: quarantine.
+    let mut bad = good.clone();
+    bad[gmq_engine::state::STATE_HEADER_LEN + 12] ^= 0x10;
+    let e = open(bad);
+    let err = e.get("q").unwrap_err();
+    assert!(matches!(err, Error::Corrupt { ref file, .. } if file == &path), "{err}");
+}
+
+#[test]
+fn dead_letter_move_survives_a_crash_between_copy_and_ack() {
+    let mut env = Env::sim();
+    let spec = QueueSpec { max_deliveries: Some(1), ..QueueSpec::default() };
+    env.e().create_queue("w", &spec).unwrap();
+    env.publish("w", &["p"]);
+    env.consume("w", "g", 1, 1, AckMode::Manual);
+    env.e().nack("w", "g", &[0], 0, None).unwrap();
+    assert!(env.consume("w", "g", 1, 1, AckMode::Manual).is_empty(), "moving");
+    // The copy is stored (publish waits for it) but the source ack is not
+    // written yet: crash now.
+    let dlq = env.e().get("w.dlq").unwrap().unwrap();
+    dlq.log().flush().unwrap();
+    env.crash();
+    let from_source = env.consume("w", "g", 1, 1, AckMode::Manual);
+    assert_eq!(offsets(&from_source), [0], "never in neither place: still in its queue");
+    env.e().nack("w", "g", &[0], 0, None).unwrap();
+    env.consume("w", "g", 1, 1, AckMode::Manual);
+    env.e().maintain();
+    let copies = env.consume("w.dlq", "x", 1, 9, AckMode::Auto);
+    assert_eq!(copies.len(), 1, "the second copy is a duplicate by msg_id");
+    env.advance(1);
+    assert!(env.consume("w", "g", 1, 9, AckMode::Manual).is_empty());
+}
