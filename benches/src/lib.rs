@@ -53,6 +53,25 @@ pub fn size_label(bytes: u64) -> String {
     format!("{bytes} B")
 }
 
+/// The commit this crate's source tree is at, and whether the engine had
+/// uncommitted changes (the figures then belong to that working tree).
+pub fn engine_version() -> Option<String> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent()?;
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(root)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let head = git(&["log", "-1", "--format=%h %s"])?;
+    let dirty = git(&["status", "--porcelain", "--", "engine"]).is_some_and(|s| !s.is_empty());
+    Some(format!("commit {head}{}", if dirty { " (plus uncommitted changes under engine/)" } else { "" }))
+}
+
 /// An fsync policy as the command line and configuration write it:
 /// `always`, `interval:MS`, `never`.
 pub fn policy_label(p: gmq_engine::FsyncPolicy) -> String {

@@ -205,6 +205,21 @@ impl CpuSample {
     }
 }
 
+/// Waits, one second at a time and at most `limit`, until other processes
+/// keep at most `max_others` CPUs busy. Returns how long it waited.
+pub fn wait_quiet(max_others: f64, limit: std::time::Duration, cpus: usize) -> std::time::Duration {
+    use std::time::{Duration, Instant};
+    let start = Instant::now();
+    loop {
+        let a = CpuSample::now();
+        std::thread::sleep(Duration::from_secs(1));
+        let others = a.until(&CpuSample::now(), cpus).others_cpus;
+        if others <= max_others || start.elapsed() >= limit {
+            return start.elapsed().saturating_sub(Duration::from_secs(1));
+        }
+    }
+}
+
 fn read(path: &str) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }

@@ -413,6 +413,14 @@ pub enum FindingKind {
     Checkpoint,
     /// A leftover temporary file.
     Leftover,
+    /// Damage in the group state log (`groups`): a torn tail (the next open
+    /// truncates it), or damage before valid records (the queue is
+    /// quarantined; repair keeps the valid prefix, so at worst messages are
+    /// delivered again).
+    GroupState,
+    /// The queue's settings file is missing its data or does not parse
+    /// (the queue is quarantined; repair cannot guess settings).
+    Settings,
 }
 
 /// One problem found by [`verify`].
@@ -484,6 +492,36 @@ fn verify_queue(vfs: &dyn Vfs, name: &str, dir: &Path, rep: &mut VerifyReport) -
     };
     for n in &l.leftovers {
         add(dir.join(n), None, FindingKind::Leftover, "temporary file left by an interrupted write".into());
+    }
+    let settings_path = dir.join(crate::SETTINGS_FILE);
+    let mut incarnation = None;
+    if vfs.exists(&settings_path) {
+        let text = String::from_utf8_lossy(&vfs.read_file(&settings_path)?).into_owned();
+        match crate::QueueSettings::decode(&text).and_then(|(st, inc)| st.validate(name).map(|()| inc)) {
+            Ok(inc) => incarnation = Some(inc),
+            Err(e) => add(settings_path.clone(), None, FindingKind::Settings, e),
+        }
+    }
+    let state_path = dir.join(crate::state::STATE_FILE);
+    if let (Some(inc), true) = (incarnation, vfs.exists(&state_path)) {
+        let b = vfs.read_file(&state_path)?;
+        match crate::state::check_header(&b, inc) {
+            crate::state::HeaderCheck::Ok => {
+                if let Some((pos, reason, follows)) = crate::state::replay(&b).damage {
+                    let what = if follows { "damage before valid records" } else { "torn tail" };
+                    add(state_path.clone(), Some(pos), FindingKind::GroupState, format!("{what}: {reason}"));
+                }
+            }
+            crate::state::HeaderCheck::Stale(old) => add(
+                state_path.clone(),
+                Some(0),
+                FindingKind::GroupState,
+                format!("belongs to an earlier queue of this name (incarnation {old}, not {inc}); the next open starts afresh"),
+            ),
+            crate::state::HeaderCheck::Bad(reason) => {
+                add(state_path.clone(), Some(0), FindingKind::GroupState, format!("header: {reason}"))
+            }
+        }
     }
     let cp = dir.join(format::CHECKPOINT_FILE);
     let ckpt = if vfs.exists(&cp) { format::decode_checkpoint(&vfs.read_file(&cp)?) } else { None };
@@ -632,6 +670,37 @@ pub fn repair(vfs: &dyn Vfs, data_dir: &Path, only: Option<&str>, dry_run: bool)
                         }
                     }
                 }
+            }
+            FindingKind::GroupState => {
+                let b = vfs.read_file(&f.file)?;
+                let keep = match crate::state::check_header(&b, 0) {
+                    crate::state::HeaderCheck::Bad(_) => None,
+                    _ => Some(crate::state::replay(&b).valid_len),
+                };
+                match keep {
+                    Some(len) if f.detail.starts_with("damage") || f.detail.starts_with("torn") => {
+                        rep.actions.push(format!(
+                            "{}: keep the valid prefix of {len} bytes (acks after it are forgotten: those messages are delivered again)",
+                            f.file.display()
+                        ));
+                        if !dry_run {
+                            vfs.write_atomic(&f.file, &b[..len as usize])?;
+                        }
+                    }
+                    Some(_) => {}
+                    None => {
+                        rep.actions.push(format!(
+                            "remove {} (unreadable header: every group starts again from the oldest message)",
+                            f.file.display()
+                        ));
+                        if !dry_run {
+                            vfs.remove_file(&f.file)?;
+                        }
+                    }
+                }
+            }
+            FindingKind::Settings => {
+                rep.actions.push(format!("cannot repair {}: restore it by hand ({})", f.file.display(), f.detail));
             }
             FindingKind::Index | FindingKind::Checkpoint | FindingKind::Leftover => {
                 if vfs.exists(&f.file) {

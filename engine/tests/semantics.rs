@@ -490,6 +490,25 @@ fn a_torn_group_state_tail_is_truncated_and_damage_before_valid_records_quaranti
     let e = open(bad);
     let err = e.get("q").unwrap_err();
     assert!(matches!(err, Error::Corrupt { ref file, .. } if file == &path), "{err}");
+    drop(e);
+    // verify names it; repair keeps the valid prefix; the queue opens again.
+    let data = PathBuf::from("/data");
+    let v = gmq_engine::recovery::verify(&fs, &data, None).unwrap();
+    assert_eq!(v.findings.len(), 1, "{:?}", v.findings);
+    assert_eq!(v.findings[0].kind, gmq_engine::recovery::FindingKind::GroupState);
+    assert_eq!(v.findings[0].position, Some(gmq_engine::state::STATE_HEADER_LEN as u64));
+    let dry = gmq_engine::recovery::repair(&fs, &data, None, true).unwrap();
+    assert_eq!(
+        fs.contents(&path).unwrap()[gmq_engine::state::STATE_HEADER_LEN + 12] & 0x10,
+        (good[gmq_engine::state::STATE_HEADER_LEN + 12] ^ 0x10) & 0x10,
+        "dry run writes nothing"
+    );
+    let rep = gmq_engine::recovery::repair(&fs, &data, None, false).unwrap();
+    assert_eq!(rep.actions, dry.actions);
+    assert!(gmq_engine::recovery::verify(&fs, &data, None).unwrap().findings.is_empty());
+    let e = Engine::open_with(env.cfg.clone(), Arc::new(fs.clone()), env.clock.clone()).unwrap();
+    let d = e.consume("q", "g", 1, &opts).unwrap().wait().unwrap();
+    assert_eq!(offsets(&d), [0, 1, 2], "the group lost its acks, not its messages");
 }
 
 #[test]
@@ -515,4 +534,38 @@ fn dead_letter_move_survives_a_crash_between_copy_and_ack() {
     assert_eq!(copies.len(), 1, "the second copy is a duplicate by msg_id");
     env.advance(1);
     assert!(env.consume("w", "g", 1, 9, AckMode::Manual).is_empty());
+}
+
+#[test]
+fn an_interrupted_compaction_leaves_the_old_segment_or_the_new_one() {
+    for kind in [gmq_engine::sim::FaultKind::Sync, gmq_engine::sim::FaultKind::Write] {
+        for fail_after in 0..8 {
+            let mut env = Env::sim();
+            let spec = QueueSpec { segment_bytes: Some(4096), ..QueueSpec::default() };
+            env.e().create_queue("q", &spec).unwrap();
+            let body = "c".repeat(400);
+            for _ in 0..40 {
+                env.publish("q", &[body.as_str()]);
+            }
+            env.consume("q", "g", 1, 1, AckMode::Manual); // offset 0 stays leased
+            let rest = env.consume("q", "g", 2, 100, AckMode::Manual);
+            env.ack("q", "g", &offsets(&rest));
+            // Every record is durable; the compaction's own writes fail.
+            env.e().get("q").unwrap().unwrap().log().flush().unwrap();
+            env.fs.as_ref().unwrap().fail_after(kind, fail_after);
+            let r = env.e().compact("q", 0.5, false);
+            env.fs.as_ref().unwrap().clear_faults();
+            env.crash();
+            let what = format!("{kind:?} failing after {fail_after} ops ({r:?})");
+            let q = env.e().get("q").unwrap_or_else(|e| panic!("{what}: {e}")).unwrap();
+            let recs = q.log().read(0, usize::MAX, usize::MAX).unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(recs.first().map(|r| r.offset), Some(0), "{what}: the leased message survives");
+            assert!(recs.iter().all(|r| r.message.payload.len() == 400), "{what}");
+            assert!(recs.windows(2).all(|w| w[0].offset < w[1].offset), "{what}");
+            assert_eq!(env.consume("q", "g", 3, 9, AckMode::Manual).len(), 1, "{what}: only offset 0 is not acked");
+            env.e().compact("q", 0.5, false).unwrap_or_else(|e| panic!("{what}: compacting again: {e}"));
+            let v = gmq_engine::recovery::verify(env.fs.as_ref().unwrap(), &PathBuf::from("/data"), None).unwrap();
+            assert!(v.findings.is_empty(), "{what}: {:?}", v.findings);
+        }
+    }
 }

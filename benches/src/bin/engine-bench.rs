@@ -16,10 +16,10 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use gmq_benches::append::{run_cell, Cell, CellResult, Load, Settings};
 use gmq_benches::fio::{shell_quote, FioJob, FioResult};
-use gmq_benches::machine::{load_average, CpuSample, CpuUse, MachineInfo};
+use gmq_benches::machine::{load_average, wait_quiet, CpuSample, CpuUse, MachineInfo};
 use gmq_benches::stats::{median, Spread};
 use gmq_benches::table::{grouped, latency_us, pct, sig3, Align, Table};
-use gmq_benches::{parse_size, policy_label, size_label};
+use gmq_benches::{engine_version, parse_size, policy_label, size_label};
 use gmq_engine::FsyncPolicy;
 use serde::Serialize;
 
@@ -270,39 +270,6 @@ fn main() -> Result<()> {
         std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
-}
-
-/// The commit this binary's source tree is at, and whether the engine had
-/// uncommitted changes (the figures then belong to that working tree).
-fn engine_version() -> Option<String> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent()?;
-    let git = |args: &[&str]| {
-        std::process::Command::new("git")
-            .arg("-C")
-            .arg(root)
-            .args(args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-    };
-    let head = git(&["log", "-1", "--format=%h %s"])?;
-    let dirty = git(&["status", "--porcelain", "--", "engine"]).is_some_and(|s| !s.is_empty());
-    Some(format!("commit {head}{}", if dirty { " (plus uncommitted changes under engine/)" } else { "" }))
-}
-
-/// Waits, one second at a time and at most `limit`, until other processes
-/// keep at most `max_others` CPUs busy. Returns how long it waited.
-fn wait_quiet(max_others: f64, limit: Duration, cpus: usize) -> Duration {
-    let start = Instant::now();
-    loop {
-        let a = CpuSample::now();
-        std::thread::sleep(Duration::from_secs(1));
-        let others = a.until(&CpuSample::now(), cpus).others_cpus;
-        if others <= max_others || start.elapsed() >= limit {
-            return start.elapsed().saturating_sub(Duration::from_secs(1));
-        }
-    }
 }
 
 fn secs(s: f64) -> Duration {
