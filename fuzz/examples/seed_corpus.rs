@@ -31,7 +31,7 @@ fn engine_segment() -> Vec<u8> {
     let mut cfg = EngineConfig::new(gmq_fuzz::DATA_DIR);
     cfg.committer_threads = 0;
     let engine = Engine::open_with(cfg, Arc::new(fs.clone()), Arc::new(FixedClock(EPOCH_MS))).expect("open");
-    let q = engine.queue(QUEUE).expect("queue");
+    let q = engine.queue(QUEUE).expect("queue").log().clone();
     let mut pending = vec![
         q.append(&Message::new(&b"hello"[..])).expect("append"),
         q.append(&full_message()).expect("append"),

@@ -600,6 +600,14 @@ mod tests {
         }
     }
 
+    #[test]
+    fn group_state_seed_corpus() {
+        for (name, data) in corpus("group_state") {
+            eprintln!("{name}");
+            group_state(&data);
+        }
+    }
+
     fn doc() -> String {
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/storage-format.md");
         std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
@@ -700,5 +708,67 @@ assert read_checkpoint(os.path.join(QDIR, "checkpoint"))["clean"]
         assert_eq!(walked.iter().map(|w| w.offset).collect::<Vec<_>>(), vec![0, 2, 3]);
         assert_eq!(stop, Some(seg.len() - 2));
         segment_recovery(&input);
+    }
+}
+
+/// The group state log's replay on arbitrary bytes (behind a valid header,
+/// or raw when the first byte is odd). Never panics; replay is monotonic
+/// (a prefix cut at any record boundary never has a group further along
+/// than the whole file); a snapshot of the result replays to the same state.
+pub fn group_state(data: &[u8]) {
+    use gmq_engine::state;
+    let Some((&mode, rest)) = data.split_first() else { return };
+    let bytes = if mode & 1 == 1 {
+        rest.to_vec()
+    } else {
+        let mut b = state::encode_header(7);
+        b.extend_from_slice(rest);
+        b
+    };
+    let _ = state::check_header(&bytes, 7);
+    let full = state::replay(&bytes);
+    let valid = usize::try_from(full.valid_len).unwrap_or(usize::MAX).min(bytes.len());
+    // Record boundaries of the valid prefix.
+    let mut at = state::STATE_HEADER_LEN.min(valid);
+    let mut cuts = vec![at];
+    while at < valid {
+        match state::decode(&bytes[at..valid]) {
+            Ok(Some((_, size))) => {
+                at += size;
+                cuts.push(at);
+            }
+            _ => break,
+        }
+    }
+    assert_eq!(at, valid, "the valid prefix ends on a record boundary");
+    let done = |r: &state::Replay, g: &str, o: u64| {
+        r.groups.get(g).is_some_and(|s| o < s.floor.max(r.low) || s.acked.contains(o)) || o < r.low
+    };
+    for &cut in cuts.iter().step_by((cuts.len() / 16).max(1)) {
+        let part = state::replay(&bytes[..cut]);
+        assert!(part.low <= full.low);
+        for (name, g) in &part.groups {
+            let f = &full.groups[name];
+            assert!(g.floor <= f.floor.max(full.low), "group {name} further along in a prefix");
+            for r in g.acked.ranges() {
+                for o in r.take(64) {
+                    assert!(done(&full, name, o), "group {name}: offset {o} done in a prefix only");
+                }
+            }
+        }
+    }
+    let groups: Vec<(String, u32, u64, &gmq_engine::ranges::RangeSet)> =
+        full.groups.iter().map(|(n, g)| (n.clone(), g.gid, g.floor, &g.acked)).collect();
+    if groups.iter().any(|g| g.0.len() > u16::MAX as usize) {
+        return;
+    }
+    let snap = state::snapshot(7, full.low, &groups);
+    let again = state::replay(&snap);
+    assert_eq!(again.damage, None);
+    assert_eq!(again.low, full.low);
+    assert_eq!(again.groups.len(), full.groups.len());
+    for (name, g) in &full.groups {
+        let a = &again.groups[name];
+        assert_eq!((a.floor, a.acked.ranges().collect::<Vec<_>>()), (g.floor, g.acked.ranges().collect::<Vec<_>>()));
     }
 }
