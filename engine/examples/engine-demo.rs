@@ -1,14 +1,15 @@
-//! Exercises the storage engine on its embedded default (`./gmq-data`, fsync
-//! `always`) until the server exists: recovers the directory, appends
+//! Exercises the engine on its embedded default (`./gmq-data`, fsync
+//! `always`) until the server exists: recovers the directory, publishes
 //! messages to the queue `demo` from many threads (so they share fsyncs),
-//! reads them back and prints what it measured.
+//! consumes them with four competing consumers of the group `demo-workers`
+//! acking in batches, and prints what it measured.
 //!
 //! `cargo run --release -p gmq-engine --example engine-demo -- [DATA_DIR] [COUNT]`
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use gmq_engine::{Engine, EngineConfig, Message};
+use gmq_engine::{AckMode, ConsumeOptions, Engine, EngineConfig, Message};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -26,16 +27,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (q, e) in &r.quarantined {
         println!("  quarantined {q}: {e}");
     }
-    let q = engine.queue("demo")?.log().clone();
+    let queue = engine.queue("demo")?;
+    let q = queue.log().clone();
     let start_offset = q.next_offset();
     let threads = 16;
     let t0 = Instant::now();
     let hs: Vec<_> = (0..threads)
         .map(|t| {
-            let q = q.clone();
+            let e = engine.clone();
             std::thread::spawn(move || -> Result<(), gmq_engine::Error> {
                 for i in 0..count / threads {
-                    q.append(&Message::new(format!("message {i} from thread {t}")))?.wait()?;
+                    e.publish("demo", &[Message::new(format!("message {i} from thread {t}"))])?.wait()?;
                 }
                 Ok(())
             })
@@ -47,15 +49,38 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let secs = t0.elapsed().as_secs_f64();
     let n = q.next_offset() - start_offset;
     println!("appended {n} messages durably (fsync always) in {secs:.2}s: {:.0} msg/s", n as f64 / secs);
-    let read = q.read(start_offset, usize::MAX, usize::MAX)?;
+    let t0 = Instant::now();
+    let consumers: Vec<_> = (1..=4u64)
+        .map(|c| {
+            let e = engine.clone();
+            std::thread::spawn(move || -> Result<u64, gmq_engine::Error> {
+                let opts = ConsumeOptions { max: 64, ack: AckMode::Manual, ..ConsumeOptions::default() };
+                let mut n = 0;
+                loop {
+                    let got = e.consume("demo", "demo-workers", c, &opts)?.wait()?;
+                    if got.is_empty() {
+                        return Ok(n);
+                    }
+                    let offsets: Vec<u64> = got.iter().map(|d| d.record.offset).collect();
+                    e.ack("demo", "demo-workers", &offsets)?.wait()?;
+                    n += offsets.len() as u64;
+                }
+            })
+        })
+        .collect();
+    let mut consumed = 0;
+    for h in consumers {
+        consumed += h.join().map_err(|_| "consumer panicked")??;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    println!("4 consumers took and acked {consumed} messages in {secs:.2}s: {:.0} msg/s", consumed as f64 / secs);
+    let removed = engine.maintain();
+    let s = queue.stats();
     println!(
-        "read back {} messages; queue holds offsets {}..{} in {} segment(s)",
-        read.len(),
-        q.first_offset(),
-        q.next_offset(),
-        q.segment_count()
+        "queue demo: depth {}, offsets {}..{} in {} segment(s) ({removed} deleted by retention)",
+        s.depth, s.first_offset, s.next_offset, s.segments
     );
-    drop(q);
+    drop((q, queue));
     Arc::try_unwrap(engine).map_err(|_| "engine still shared")?.close()?;
     Ok(())
 }
