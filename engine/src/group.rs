@@ -255,6 +255,15 @@ impl Group {
         self.leases.insert(o, l);
     }
 
+    /// Marks offsets absent from the log done.
+    fn skip(&mut self, r: std::ops::Range<u64>) {
+        let r = r.start.max(self.floor)..r.end;
+        if r.start < r.end {
+            self.acked.insert(r);
+            self.floor = self.acked.take_run_from(self.floor);
+        }
+    }
+
     /// Marks `o` done; returns whether it was not done before.
     fn mark_done(&mut self, o: u64) -> bool {
         if self.is_done(o) {
@@ -339,7 +348,18 @@ impl Group {
             let want = (rules.max - p.out.len()).max(64).min(BUF_RECORDS - self.buf.len());
             let recs = pull(self.cursor, want)?;
             let Some(last) = recs.last() else { break };
-            self.cursor = last.offset + 1;
+            let last = last.offset;
+            // Offsets the log skips are gone for good (compacted away, or
+            // deleted by retention): done for this group too, or its floor
+            // would stop at the first hole forever.
+            let mut expect = self.cursor;
+            for r in &recs {
+                if r.offset > expect {
+                    self.skip(expect..r.offset);
+                }
+                expect = r.offset + 1;
+            }
+            self.cursor = last + 1;
             for r in recs {
                 if !self.is_done(r.offset)
                     && !self.leases.contains_key(&r.offset)

@@ -867,6 +867,7 @@ impl Queue {
             let a = self.set_low(&mut st, next)?;
             (removed, a, next)
         };
+        self.env.pool.run_pending(usize::MAX);
         a.wait()?;
         self.log.seal_active()?;
         self.log.delete_segments_below(next)?;
@@ -924,6 +925,8 @@ impl Queue {
         let now = self.env.clock.now_ms();
         // Dead-letter copies in flight are waited for, then settled.
         let inflight: Vec<Append> = self.lock().moves.iter().flat_map(|m| m.stored.appends()).collect();
+        // (With a manual committer pool, run it first: nothing else would.)
+        self.env.pool.run_pending(usize::MAX);
         for a in inflight {
             let _ = a.wait();
         }

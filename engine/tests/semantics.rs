@@ -358,6 +358,28 @@ both! {
         assert_eq!(env.e().compact("q", 0.5, false).unwrap().segments_rewritten, 0, "nothing left to gain");
     };
 
+    a_group_created_after_compaction_passes_the_holes => |env: Env| {
+        let spec = QueueSpec { segment_bytes: Some(4096), ..QueueSpec::default() };
+        env.e().create_queue("q", &spec).unwrap();
+        let body = "h".repeat(500);
+        for _ in 0..12 {
+            env.publish("q", &[body.as_str()]);
+        }
+        assert_eq!(env.consume("q", "a", 1, 100, AckMode::Auto).len(), 12);
+        assert!(env.e().compact("q", 0.5, false).unwrap().records_dropped > 0);
+        let b = env.consume("q", "b", 1, 100, AckMode::Auto);
+        assert_eq!(b.first().map(|d| d.record.offset), Some(7), "what compaction kept");
+        let s = env.e().stats("q").unwrap();
+        let g = s.groups.iter().find(|g| g.name == "b").unwrap();
+        assert_eq!((g.position, g.depth, s.depth), (12, 0, 0), "the new group's floor passes the holes");
+        for _ in 0..30 {
+            env.publish("q", &[body.as_str()]);
+        }
+        env.consume("q", "a", 1, 100, AckMode::Auto);
+        env.consume("q", "b", 1, 100, AckMode::Auto);
+        assert!(env.e().maintain() > 0, "retention is not blocked");
+    };
+
     topic_routing_with_wildcards => |env: Env| {
         env.e().bind("eu", "orders.eu.*").unwrap();
         env.e().bind("all", "orders.#").unwrap();
