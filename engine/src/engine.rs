@@ -118,6 +118,7 @@ pub struct Engine {
     root: PathBuf,
     queues_dir: PathBuf,
     queues: Mutex<BTreeMap<String, Entry>>,
+    creating: Mutex<()>,
     hints: Mutex<HashMap<String, (u64, u64)>>,
     bindings: Mutex<Bindings>,
     created: Arc<Signal>,
@@ -188,6 +189,7 @@ impl Engine {
             root,
             queues_dir,
             queues: Mutex::new(BTreeMap::new()),
+            creating: Mutex::new(()),
             hints: Mutex::new(HashMap::new()),
             bindings: Mutex::new(bindings),
             created: Arc::new(Signal::default()),
@@ -306,8 +308,10 @@ impl Engine {
         if !valid_name(name) {
             return Err(Error::InvalidName(name.to_owned()));
         }
-        let mut map = self.map();
-        match map.get(name) {
+        // Creations are serialized by their own lock, so the files are made
+        // without holding the queue map (whose lock every operation takes).
+        let _creating = self.creating.lock().unwrap_or_else(|e| e.into_inner());
+        match self.map().get(name) {
             Some(Entry::Open(q)) => {
                 if let Some((field, given, have)) = spec.conflict(q.settings()) {
                     return Err(Error::Conflict(format!("queue '{name}' exists with {field} = {have}, not {given}")));
@@ -339,8 +343,7 @@ impl Engine {
         };
         let log = QueueLog::open(name, dir.clone(), self.cfg.log_config(&settings), self.env.clone(), r);
         let q = Queue::open(self.env.clone(), dir, settings, inc, log, None)?;
-        map.insert(name.to_owned(), Entry::Open(q.clone()));
-        drop(map);
+        self.map().insert(name.to_owned(), Entry::Open(q.clone()));
         tracing::info!(queue = name, "queue created");
         self.created.notify();
         Ok((q, true))
