@@ -335,6 +335,7 @@ impl Engine {
         create_segment(&self.env, &dir, 0, self.env.clock.now_ms()).map_err(ioe("creating a segment"))?;
         vfs.sync_dir(&self.queues_dir).map_err(ioe("syncing the queues directory"))?;
         let r = Recovered {
+            clean: false,
             sealed: Vec::new(),
             active_base: 0,
             active_len: format::SEGMENT_HEADER_LEN,

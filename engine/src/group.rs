@@ -118,6 +118,8 @@ pub struct Group {
     deadlines: BTreeSet<(u64, u64)>,
     retry: BTreeMap<u64, Retry>,
     retry_at: BTreeSet<(u64, u64)>,
+    /// A read of the log for this group runs outside the queue's lock.
+    reading: bool,
     pub(crate) counters: GroupCounters,
 }
 
@@ -142,6 +144,7 @@ impl Group {
             deadlines: BTreeSet::new(),
             retry: BTreeMap::new(),
             retry_at: BTreeSet::new(),
+            reading: false,
             counters: GroupCounters::default(),
         }
     }
@@ -347,30 +350,60 @@ impl Group {
             }
             let want = (rules.max - p.out.len()).max(64).min(BUF_RECORDS - self.buf.len());
             let recs = pull(self.cursor, want)?;
-            let Some(last) = recs.last() else { break };
-            let last = last.offset;
-            // Offsets the log skips are gone for good (compacted away, or
-            // deleted by retention): done for this group too, or its floor
-            // would stop at the first hole forever.
-            let mut expect = self.cursor;
-            for r in &recs {
-                if r.offset > expect {
-                    self.skip(expect..r.offset);
-                }
-                expect = r.offset + 1;
+            if recs.is_empty() {
+                break;
             }
-            self.cursor = last + 1;
-            for r in recs {
-                if !self.is_done(r.offset)
-                    && !self.leases.contains_key(&r.offset)
-                    && !self.retry.contains_key(&r.offset)
-                {
-                    self.buf_bytes += r.message.payload.len();
-                    self.buf.insert(r.offset, r);
-                }
-            }
+            self.take_in(recs);
         }
         Ok(p)
+    }
+
+    /// Buffers records read from the log at the cursor.
+    fn take_in(&mut self, recs: Vec<Record>) {
+        let Some(last) = recs.last().map(|r| r.offset) else { return };
+        // Offsets the log skips are gone for good (compacted away, or
+        // deleted by retention): done for this group too, or its floor
+        // would stop at the first hole forever.
+        let mut expect = self.cursor;
+        for r in &recs {
+            if r.offset > expect {
+                self.skip(expect..r.offset);
+            }
+            expect = r.offset + 1;
+        }
+        self.cursor = self.cursor.max(last + 1);
+        for r in recs {
+            if !self.is_done(r.offset) && !self.leases.contains_key(&r.offset) && !self.retry.contains_key(&r.offset) {
+                self.buf_bytes += r.message.payload.len();
+                self.buf.insert(r.offset, r);
+            }
+        }
+    }
+
+    /// If a poll for `max` messages would have to read the log, claims the
+    /// read so that it can run outside the queue's lock: returns where to
+    /// read from and how many records. Only one read is claimed at a time;
+    /// [`Group::feed`] hands the records in and releases the claim.
+    pub(crate) fn read_ahead(&mut self, max: usize, next: u64) -> Option<(u64, usize)> {
+        if self.reading || self.cursor >= next || self.buf.len() >= max || self.buf_bytes >= BUF_BYTES {
+            return None;
+        }
+        self.reading = true;
+        Some((self.cursor, (BUF_RECORDS - self.buf.len().min(BUF_RECORDS)).min(max.max(256) * 2)))
+    }
+
+    /// The records a claimed read found at `from`; dropped if the group has
+    /// moved on meanwhile (another consumer read them under the lock).
+    pub(crate) fn feed(&mut self, from: u64, recs: Vec<Record>) {
+        self.reading = false;
+        if from == self.cursor {
+            self.take_in(recs);
+        }
+    }
+
+    /// A claimed read failed.
+    pub(crate) fn unclaim(&mut self) {
+        self.reading = false;
     }
 
     fn settle_expired(&mut self, rec: Record, deliveries: u32, rules: &PollRules<'_>, p: &mut Polled) {

@@ -188,6 +188,8 @@ pub struct QueueLog {
 /// How the recovered active segment stands, handed from recovery to the log.
 #[derive(Debug)]
 pub(crate) struct Recovered {
+    /// The checkpoint on disk is a clean one covering the whole log.
+    pub(crate) clean: bool,
     pub(crate) sealed: Vec<(u64, u64)>,
     pub(crate) active_base: u64,
     pub(crate) active_len: u64,
@@ -226,6 +228,7 @@ impl QueueLog {
             last_entry_pos: last_entry,
             last_sync: Instant::now(),
             ckpt_len: r.active_len,
+            clean_on_disk: r.clean,
             failed: None,
         };
         let gc = GroupCommit::new(sink, r.next_offset, env.pool.clone());
@@ -675,6 +678,9 @@ pub(crate) struct LogSink {
     last_entry_pos: u64,
     last_sync: Instant,
     ckpt_len: u64,
+    /// The checkpoint on disk is clean and covers everything (so a close
+    /// with nothing written since need not write it again).
+    clean_on_disk: bool,
     failed: Option<Error>,
 }
 
@@ -767,7 +773,10 @@ impl LogSink {
             vfs.write_atomic(&self.sh.idx_path(self.base), &idx).and_then(|()| vfs.write_atomic(&ck_path, &ck_bytes))
         };
         match r {
-            Ok(()) => self.ckpt_len = self.synced_len,
+            Ok(()) => {
+                self.ckpt_len = self.synced_len;
+                self.clean_on_disk = clean;
+            }
             Err(e) => tracing::warn!(queue = %self.sh.name, error = %e, "cannot write checkpoint"),
         }
     }
@@ -778,7 +787,8 @@ impl LogSink {
                 let f = s.file()?;
                 s.sync(f.as_ref())?;
             }
-            if clean || s.synced_len != s.ckpt_len {
+            let current = s.synced_len == s.ckpt_len && s.len == s.synced_len;
+            if !current || (clean && !s.clean_on_disk) {
                 s.write_checkpoint(clean);
             }
             Ok(())

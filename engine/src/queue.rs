@@ -701,7 +701,23 @@ impl Queue {
         opts: &ConsumeOptions,
     ) -> Result<(Pending<Vec<Delivery>>, Vec<DeadLetter>)> {
         let now = self.env.clock.now_ms();
+        // Read ahead from the log outside the lock, so competing consumers
+        // do not queue behind each other's reads.
+        let next = self.log.next_offset();
+        let claim = self.lock().groups.get_mut(group).and_then(|g| g.read_ahead(opts.max.max(1), next));
+        let fetched = claim.map(|(from, n)| (from, self.log.read(from, n, 4 << 20)));
         let mut st = self.lock();
+        if let Some((from, r)) = fetched {
+            if let Some(g) = st.groups.get_mut(group) {
+                match r {
+                    Ok(recs) => g.feed(from, recs),
+                    Err(e) => {
+                        g.unclaim();
+                        return Err(e);
+                    }
+                }
+            }
+        }
         self.settle_moves(&mut st, now)?;
         st.consumers.entry(consumer).or_default().insert(group.to_owned());
         let (g, created) = self.ensure_group(&mut st, group, opts.from)?;

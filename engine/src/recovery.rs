@@ -272,6 +272,7 @@ pub(crate) fn recover_queue(
     let Some((&base, sealed_bases)) = l.segments.split_last() else {
         create_segment(env, dir, 0, env.clock.now_ms()).map_err(ioe("creating a segment"))?;
         let r = Recovered {
+            clean: false,
             sealed: Vec::new(),
             active_base: 0,
             active_len: SEGMENT_HEADER_LEN,
@@ -342,6 +343,7 @@ pub(crate) fn recover_queue(
             vfs.sync_dir(dir).map_err(ioe("syncing the queue directory"))?;
             stats.torn_bytes += flen.saturating_sub(SEGMENT_HEADER_LEN);
             let r = Recovered {
+                clean: false,
                 sealed,
                 active_base: base,
                 active_len: SEGMENT_HEADER_LEN,
@@ -360,8 +362,13 @@ pub(crate) fn recover_queue(
         }
     }
     let (from, mut entries, mut next) = start;
-    if ck.is_some_and(|c| c.clean) && from == flen {
-        let r = Recovered { sealed, active_base: base, active_len: flen, active_index: entries, next_offset: next };
+    // A checkpoint covering the whole file: after a clean close, or a synced
+    // periodic one (it covers only synced bytes) with nothing written since.
+    // Either way nothing is unsynced and nothing needs scanning.
+    if ck.is_some() && from == flen {
+        let clean = ck.is_some_and(|c| c.clean);
+        let r =
+            Recovered { clean, sealed, active_base: base, active_len: flen, active_index: entries, next_offset: next };
         return Ok((r, stats));
     }
     // An unclean stop: what the dead process wrote may sit in the page cache
@@ -387,7 +394,14 @@ pub(crate) fn recover_queue(
     if let Some(o) = s.last_offset {
         next = o + 1;
     }
-    let r = Recovered { sealed, active_base: base, active_len: s.valid_end, active_index: entries, next_offset: next };
+    let r = Recovered {
+        clean: false,
+        sealed,
+        active_base: base,
+        active_len: s.valid_end,
+        active_index: entries,
+        next_offset: next,
+    };
     Ok((r, stats))
 }
 

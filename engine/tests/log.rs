@@ -611,3 +611,37 @@ fn log_config_is_validated() {
     assert!("interval:0".parse::<FsyncPolicy>().is_err());
     assert!("sometimes".parse::<FsyncPolicy>().is_err());
 }
+
+#[test]
+fn a_crash_after_a_flush_opens_without_scanning_or_syncing() {
+    let fs = SimFs::new(11);
+    let cfg = sim_config(1);
+    let engine = open(&fs, &cfg);
+    let q = engine.queue("q").unwrap().log().clone();
+    for i in 0..50u32 {
+        q.append(&Message::new(i.to_le_bytes().to_vec())).unwrap().wait().unwrap();
+    }
+    q.flush().unwrap(); // a synced checkpoint that covers the whole segment
+    drop(q);
+    drop(engine);
+    let fs = fs.crash();
+    let before = fs.syncs();
+    let engine = open(&fs, &cfg);
+    assert_eq!(engine.open_report().scanned_bytes, 0, "the checkpoint covers everything");
+    let q = engine.get("q").unwrap().unwrap().log().clone();
+    assert_eq!(q.read(0, usize::MAX, usize::MAX).unwrap().len(), 50);
+    // Appends after such an open are scanned after the next crash.
+    q.append(&Message::new("more")).unwrap().wait().unwrap();
+    drop(q);
+    drop(engine);
+    assert_eq!(fs.syncs() - before, 1, "only the new append's fsync: none at open");
+    let fs = fs.crash();
+    let engine = open(&fs, &cfg);
+    assert!(engine.open_report().scanned_bytes > 0);
+    assert_eq!(engine.get("q").unwrap().unwrap().log().next_offset(), 51);
+    engine.close().unwrap();
+    // Opening after the clean close scans nothing either.
+    let engine = open(&fs, &cfg);
+    assert_eq!(engine.open_report().scanned_bytes, 0);
+    engine.close().unwrap();
+}
