@@ -41,6 +41,11 @@ pub struct EngineConfig {
     /// Bound on open files (each queue needs one only while it is read or
     /// written). Default 1024.
     pub max_open_files: usize,
+    /// Threads that recover queues at open. Default 8 (a cold open is
+    /// random reads, which the disk serves faster in parallel). With
+    /// `committer_threads = 0` (deterministic tests) recovery runs on the
+    /// caller's thread.
+    pub recovery_threads: usize,
 }
 
 impl EngineConfig {
@@ -52,6 +57,7 @@ impl EngineConfig {
             checkpoint_bytes: 16 << 20,
             committer_threads: 2,
             max_open_files: 1024,
+            recovery_threads: 8,
         }
     }
 
@@ -89,6 +95,9 @@ pub struct QueueSummary {
     /// Why it is quarantined, if it is.
     pub quarantined: Option<String>,
 }
+
+/// A recovered queue and what its recovery found.
+type Recovery = (Arc<Queue>, RecoveryStats);
 
 #[derive(Debug)]
 enum Entry {
@@ -200,22 +209,28 @@ impl Engine {
         let names = engine.env.vfs.read_dir(&engine.queues_dir).map_err(ioe("listing queues"))?;
         let mut report = OpenReport::default();
         let mut map = BTreeMap::new();
-        for name in names {
-            if !valid_name(&name) {
-                tracing::warn!(entry = %name, "ignoring a directory entry that is not a queue name");
-                continue;
-            }
-            match engine.recover(&name, None, None) {
+        let names: Vec<String> = names
+            .into_iter()
+            .filter(|name| {
+                let ok = valid_name(name);
+                if !ok {
+                    tracing::warn!(entry = %name, "ignoring a directory entry that is not a queue name");
+                }
+                ok
+            })
+            .collect();
+        for (name, r) in names.iter().zip(engine.recover_all(&names)) {
+            match r {
                 Ok((q, st)) => {
                     report.scanned_bytes += st.scanned_bytes;
                     report.torn_bytes += st.torn_bytes;
                     report.queues += 1;
-                    map.insert(name, Entry::Open(q));
+                    map.insert(name.clone(), Entry::Open(q));
                 }
                 Err(e @ Error::Corrupt { .. }) => {
                     tracing::error!(queue = %name, error = %e, "queue quarantined; run `gmq repair`");
                     report.quarantined.push((name.clone(), e.clone()));
-                    map.insert(name, Entry::Quarantined(e));
+                    map.insert(name.clone(), Entry::Quarantined(e));
                 }
                 Err(e) => {
                     engine.env.pool.shutdown();
@@ -233,6 +248,39 @@ impl Engine {
         engine.queues = Mutex::new(map);
         engine.report = report;
         Ok(engine)
+    }
+
+    /// Recovers queues on up to `recovery_threads` threads (a cold open is
+    /// random reads, which a disk serves faster in parallel); results in the
+    /// order of `names`.
+    fn recover_all(&self, names: &[String]) -> Vec<Result<Recovery>> {
+        let threads = if self.cfg.committer_threads == 0 { 1 } else { self.cfg.recovery_threads };
+        let threads = threads.min(names.len().div_ceil(16)).max(1);
+        if threads == 1 {
+            return names.iter().map(|n| self.recover(n, None, None)).collect();
+        }
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let out: Mutex<Vec<Option<Result<Recovery>>>> = Mutex::new((0..names.len()).map(|_| None).collect());
+        let work = || loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(name) = names.get(i) else { break };
+            let r = self.recover(name, None, None);
+            out.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
+        };
+        std::thread::scope(|s| {
+            for _ in 1..threads {
+                // A thread that cannot start leaves its share to the others.
+                if let Err(e) = std::thread::Builder::new().name("gmq-recover".into()).spawn_scoped(s, work) {
+                    tracing::warn!(error = %e, "cannot start a recovery thread");
+                }
+            }
+            work();
+        });
+        out.into_inner()
+            .unwrap_or_else(|e| e.into_inner())
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(Error::Internal("a queue was not recovered".into()))))
+            .collect()
     }
 
     /// Reads a queue's settings file; a queue without one (made by an
@@ -255,12 +303,7 @@ impl Engine {
         Ok((s, inc))
     }
 
-    fn recover(
-        &self,
-        name: &str,
-        hint: Option<(u64, u64)>,
-        state_hint: Option<u64>,
-    ) -> Result<(Arc<Queue>, RecoveryStats)> {
+    fn recover(&self, name: &str, hint: Option<(u64, u64)>, state_hint: Option<u64>) -> Result<Recovery> {
         let dir = self.queues_dir.join(name);
         let (settings, inc) = self.load_settings(name, &dir)?;
         let (r, st) = recovery::recover_queue(&self.env, &dir, name, hint)?;

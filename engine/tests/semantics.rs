@@ -591,3 +591,30 @@ fn an_interrupted_compaction_leaves_the_old_segment_or_the_new_one() {
         }
     }
 }
+
+#[test]
+fn many_queues_recover_in_parallel_and_damage_stays_with_its_queue() {
+    let mut env = Env::sim();
+    for i in 0..40 {
+        env.publish(&format!("q{i:02}"), &[&format!("m{i}")]);
+    }
+    env.e().consume("q07", "g", 1, &ConsumeOptions { max: 1, ..ConsumeOptions::default() }).unwrap().wait().unwrap();
+    env.crash();
+    // Damage one queue's group state (a flipped bit with a valid record after it).
+    env.engine.take().unwrap().close().unwrap();
+    let fs = env.fs.clone().unwrap();
+    let path = PathBuf::from("/data/queues/q07/groups");
+    let mut b = fs.contents(&path).unwrap();
+    let first = gmq_engine::state::STATE_HEADER_LEN + 12;
+    b[first] ^= 1;
+    fs.set_contents(&path, b).unwrap();
+    env.cfg.recovery_threads = 4;
+    env.engine = Some(Engine::open_with(env.cfg.clone(), Arc::new(fs), env.clock.clone()).unwrap());
+    let r = env.e().open_report();
+    assert_eq!((r.queues, r.quarantined.len()), (39, 1));
+    assert_eq!(r.quarantined[0].0, "q07");
+    for i in (0..40).filter(|&i| i != 7) {
+        let q = format!("q{i:02}");
+        assert_eq!(payloads(&env.consume(&q, "g", 1, 9, AckMode::Auto)), [format!("m{i}")], "{q}");
+    }
+}
