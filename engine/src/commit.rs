@@ -84,6 +84,10 @@ impl Slot {
     fn is_done(&self) -> bool {
         lock(&self.state).done.is_some()
     }
+
+    fn failed(&self) -> bool {
+        matches!(lock(&self.state).done, Some(Err(_)))
+    }
 }
 
 /// An append in flight: its offsets are known at once; it completes when the
@@ -111,6 +115,11 @@ impl Append {
     /// Whether the append has completed.
     pub fn is_done(&self) -> bool {
         self.slot.is_done()
+    }
+
+    /// Whether the append has completed with an error.
+    pub fn failed(&self) -> bool {
+        self.slot.failed()
     }
 }
 

@@ -496,6 +496,8 @@ impl Engine {
                 let hint = q.log().failure().filter(Error::is_storage).map(|_| q.log().durable_hint());
                 let state_hint = q.state_hint();
                 q.shut();
+                // Waiters on the old handle look the queue up again.
+                q.signal().notify();
                 (hint, state_hint)
             }
             Some(Entry::Quarantined(_)) => (None, None),
@@ -506,6 +508,7 @@ impl Engine {
         match self.recover(name, hint, state_hint) {
             Ok((q, _)) => {
                 map.insert(name.to_owned(), Entry::Open(q.clone()));
+                self.created.notify();
                 Ok(q)
             }
             Err(e) => {

@@ -67,8 +67,8 @@ struct Retry {
 }
 
 /// What one poll produced.
-#[derive(Debug, Default)]
-pub(crate) struct Polled {
+#[derive(Debug)]
+pub(crate) struct Polled<E> {
     pub(crate) out: Vec<Delivery>,
     /// Offsets this poll made done (auto acks, expired and dropped); the
     /// queue must persist them.
@@ -76,6 +76,14 @@ pub(crate) struct Polled {
     /// Records to move to the dead-letter queue: held by [`MOVING`] until the
     /// copy is stored, then acked.
     pub(crate) dead: Vec<(Record, u32, DeadReason)>,
+    /// A read that failed part way: what was done before it stands.
+    pub(crate) error: Option<E>,
+}
+
+impl<E> Default for Polled<E> {
+    fn default() -> Self {
+        Polled { out: Vec::new(), done: Vec::new(), dead: Vec::new(), error: None }
+    }
 }
 
 /// How a poll is to treat records.
@@ -298,7 +306,7 @@ impl Group {
         mut pull: impl FnMut(u64, usize) -> Result<Vec<Record>, E>,
         mut fetch: impl FnMut(u64) -> Result<Option<Record>, E>,
         expired: impl Fn(&Record) -> bool,
-    ) -> Result<Polled, E> {
+    ) -> Result<Polled<E>, E> {
         self.expire(rules.now);
         let mut p = Polled::default();
         // Redeliveries that are due, in offset order.
@@ -308,7 +316,15 @@ impl Group {
             if p.out.len() >= rules.max {
                 break;
             }
-            let Some(rec) = fetch(o)? else {
+            let rec = match fetch(o) {
+                Ok(r) => r,
+                Err(e) => {
+                    // What this poll already did stands (and is persisted).
+                    p.error = Some(e);
+                    return Ok(p);
+                }
+            };
+            let Some(rec) = rec else {
                 // Gone from the log (retention or overflow): nothing to deliver.
                 self.take_retry(o);
                 self.mark_done(o);
@@ -349,7 +365,13 @@ impl Group {
                 break;
             }
             let want = (rules.max - p.out.len()).max(64).min(BUF_RECORDS - self.buf.len());
-            let recs = pull(self.cursor, want)?;
+            let recs = match pull(self.cursor, want) {
+                Ok(r) => r,
+                Err(e) => {
+                    p.error = Some(e);
+                    return Ok(p);
+                }
+            };
             if recs.is_empty() {
                 break;
             }
@@ -406,7 +428,7 @@ impl Group {
         self.reading = false;
     }
 
-    fn settle_expired(&mut self, rec: Record, deliveries: u32, rules: &PollRules<'_>, p: &mut Polled) {
+    fn settle_expired<E>(&mut self, rec: Record, deliveries: u32, rules: &PollRules<'_>, p: &mut Polled<E>) {
         if rules.dead_letter_expired {
             self.lease(rec.offset, Lease { holder: MOVING, deadline: u64::MAX, deliveries, reason: None });
             p.dead.push((rec, deliveries, DeadReason::Expired));
@@ -418,13 +440,13 @@ impl Group {
         }
     }
 
-    fn hand_out(
+    fn hand_out<E>(
         &mut self,
         rec: Record,
         deliveries: u32,
         reason: Option<String>,
         rules: &PollRules<'_>,
-        p: &mut Polled,
+        p: &mut Polled<E>,
     ) {
         self.counters.delivered += 1;
         match rules.mode {

@@ -141,6 +141,9 @@ pub(crate) struct Shared {
     quarantine: OnceLock<Error>,
     /// Notified when records become visible.
     pub(crate) signal: Arc<Signal>,
+    /// Set when the queue is shut (deleted or reopened): this handle must
+    /// no longer delete or replace files, which may belong to a new queue.
+    shut: std::sync::atomic::AtomicBool,
     /// Readers hold it shared; deleting or replacing a sealed segment holds
     /// it exclusively, so a read never meets a file that changed under its plan.
     swap: RwLock<()>,
@@ -216,6 +219,7 @@ impl QueueLog {
             quarantine: OnceLock::new(),
             signal: Arc::new(Signal::default()),
             swap: RwLock::new(()),
+            shut: std::sync::atomic::AtomicBool::new(false),
         });
         let last_entry = sh.view().active_index.last().map_or(0, |e| e.1);
         let sink = LogSink {
@@ -470,6 +474,7 @@ impl QueueLog {
     /// directory. Returns how many were deleted. The active segment stays.
     pub fn delete_segments_below(&self, offset: u64) -> Result<usize> {
         let _swap = self.sh.swap.write().unwrap_or_else(|e| e.into_inner());
+        self.check_not_shut()?;
         let doomed: Vec<u64> = {
             let v = self.sh.view();
             let bases: Vec<u64> = v.sealed.keys().copied().chain([v.active_base]).collect();
@@ -539,6 +544,7 @@ impl QueueLog {
     /// Seals the active segment if it holds records, so that everything
     /// stored so far can be deleted segment by segment (purge).
     pub fn seal_active(&self) -> Result<()> {
+        self.check_not_shut()?;
         self.gc.with_sink(|s| {
             s.guard(|s| {
                 if s.len > SEGMENT_HEADER_LEN {
@@ -557,6 +563,7 @@ impl QueueLog {
     /// temporary file is removed at the next open.
     pub fn replace_sealed(&self, base: u64, bytes: &[u8]) -> Result<()> {
         let _swap = self.sh.swap.write().unwrap_or_else(|e| e.into_inner());
+        self.check_not_shut()?;
         if !self.sh.view().sealed.contains_key(&base) {
             return Err(Error::NotFound(format!("{} segment {base}", self.sh.name)));
         }
@@ -616,9 +623,20 @@ impl QueueLog {
         self.gc.with_sink(|s| s.sync_and_checkpoint(true))
     }
 
+    fn check_not_shut(&self) -> Result<()> {
+        if self.sh.shut.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Error::ShuttingDown);
+        }
+        Ok(())
+    }
+
     /// Refuses appends from now on without writing anything (used when the
     /// queue is being deleted).
     pub(crate) fn shut(&self) {
+        {
+            let _swap = self.sh.swap.write().unwrap_or_else(|e| e.into_inner());
+            self.sh.shut.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         let _ = self.gc.close();
     }
 }

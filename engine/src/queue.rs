@@ -82,6 +82,7 @@ impl<T: Unpin> Future for Pending<T> {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => {
                     self.waits.clear();
+                    self.value = None;
                     return Poll::Ready(Err(e));
                 }
                 Poll::Ready(Ok(_)) => {
@@ -312,12 +313,35 @@ impl Queue {
         if fresh {
             vfs.write_atomic(&path, &state::encode_header(incarnation)).map_err(ioe("creating the group state"))?;
         }
+        // State can run ahead of a log that lost its unsynced tail (`never`,
+        // `interval`, or overflow marks for appends in flight): offsets at or
+        // past the log's end will be given to new messages, so nothing there
+        // may count as done.
+        let end = log.next_offset();
+        let mut clamped = replay.low > end;
+        replay.low = replay.low.min(end);
+        for gs in replay.groups.values_mut() {
+            if gs.floor > end || gs.acked.ranges().any(|r| r.end > end) {
+                clamped = true;
+                gs.floor = gs.floor.min(end);
+                gs.acked.remove_from(end);
+            }
+        }
+        if clamped {
+            tracing::warn!(queue = %name, end, "group state ran past the recovered log; clamped to its end");
+            let groups: Vec<(String, u32, u64, &crate::ranges::RangeSet)> =
+                replay.groups.iter().map(|(n, g)| (n.clone(), g.gid, g.floor, &g.acked)).collect();
+            let bytes = state::snapshot(incarnation, replay.low, &groups);
+            env.files.forget(&path);
+            vfs.write_atomic(&path, &bytes).map_err(ioe("rewriting the group state"))?;
+            len = bytes.len() as u64;
+        }
         let mut groups = BTreeMap::new();
         let mut next_gid = 0;
         for (gname, gs) in replay.groups {
             let mut g = Group::new(gs.gid, gs.floor);
             g.apply_acks(gs.floor, gs.acked.ranges());
-            next_gid = next_gid.max(gs.gid + 1);
+            next_gid = next_gid.max(gs.gid.saturating_add(1));
             groups.insert(gname, g);
         }
         let sink = StateSink {
@@ -482,6 +506,10 @@ impl Queue {
         for m in msgs {
             bytes += format::encoded_len(m).map_err(Error::InvalidRecord)? as u64;
         }
+        if let Some(e) = self.log.failure() {
+            // A stopped queue stores nothing, not even an answer "duplicate".
+            return Err(e.stopped_by());
+        }
         let now = self.env.clock.now_ms();
         let mut st = self.lock();
         // Per message: Ok(index among the fresh ones) or Err(duplicate's offset).
@@ -502,6 +530,10 @@ impl Queue {
                     fresh.push(m);
                     continue;
                 };
+                // An original whose store failed was never stored: forget it.
+                if dd.map.get(id).is_some_and(|e| e.append.as_ref().is_some_and(Append::failed)) {
+                    dd.map.remove(id);
+                }
                 if let Some(e) = dd.map.get(id) {
                     if let Some(a) = e.append.as_ref().filter(|a| !a.is_done()) {
                         waits.push(a.clone());
@@ -521,6 +553,7 @@ impl Queue {
         }
         let mut offsets = Vec::with_capacity(msgs.len());
         let mut duplicate = Vec::with_capacity(msgs.len());
+        let mut drop_below = None;
         if fresh.is_empty() {
             for s in &slots {
                 offsets.push(match *s {
@@ -537,9 +570,7 @@ impl Queue {
             } else {
                 fresh.iter().map(|m| format::encoded_len(m).unwrap_or(0) as u64).sum()
             };
-            if let Some(a) = self.check_limits(&mut st, fresh.len() as u64, fresh_bytes)? {
-                waits.push(a);
-            }
+            drop_below = self.check_limits(&st, fresh.len() as u64, fresh_bytes)?;
         }
         let owned: Vec<Message>;
         let batch: &[Message] = if fresh.len() == msgs.len() {
@@ -549,6 +580,11 @@ impl Queue {
             &owned
         };
         let a = self.log.append_batch(batch)?;
+        // Overflow drops the oldest only once the publish is accepted.
+        if let Some(low) = drop_below {
+            tracing::debug!(queue = %self.name, low, "dropping the oldest messages (overflow)");
+            waits.push(self.set_low(&mut st, low)?);
+        }
         let first = a.offsets().start;
         self.published.fetch_add(batch.len() as u64, Ordering::Relaxed);
         let mut seen = vec![false; batch.len()];
@@ -596,9 +632,9 @@ impl Queue {
     }
 
     /// Applies `max_length` / `max_bytes` to a publish of `n` messages of
-    /// `bytes`: an error under `reject`; under `drop_oldest`, raises the low
-    /// mark (returning the state append that records it).
-    fn check_limits(&self, st: &mut QState, n: u64, bytes: u64) -> Result<Option<Append>> {
+    /// `bytes`: an error under `reject`; under `drop_oldest`, the low mark
+    /// that makes room (applied once the publish is accepted).
+    fn check_limits(&self, st: &QState, n: u64, bytes: u64) -> Result<Option<u64>> {
         let s = &self.settings;
         let next = self.log.assigned_offset();
         let reject = s.overflow == crate::settings::Overflow::Reject;
@@ -638,13 +674,7 @@ impl Queue {
                 new_low = Some(lo.max(new_low.unwrap_or(0)));
             }
         }
-        match new_low {
-            Some(l) if l > self.low(st) => {
-                tracing::debug!(queue = %self.name, low = l, "dropping the oldest messages (overflow)");
-                self.set_low(st, l).map(Some)
-            }
-            _ => Ok(None),
-        }
+        Ok(new_low.filter(|&l| l > self.low(st)))
     }
 
     fn ensure_group<'a>(
@@ -662,7 +692,7 @@ impl Queue {
             let floor = match from.unwrap_or(self.settings.start) {
                 StartFrom::Oldest => low,
                 StartFrom::Latest => self.log.next_offset(),
-                StartFrom::Offset(o) => o,
+                StartFrom::Offset(o) => o.min(self.log.next_offset()),
                 StartFrom::Time(t) => self.log.offset_for_time(t)?,
             }
             .max(low);
@@ -749,6 +779,12 @@ impl Queue {
             // Nothing to wait for before handing the messages over.
             waits.clear();
         }
+        if let Some(e) = polled.error {
+            if polled.out.is_empty() && polled.dead.is_empty() {
+                return Err(e);
+            }
+            tracing::warn!(queue = %self.name, group, error = %e, "a read failed part way; returning what was read");
+        }
         self.maybe_snapshot(&mut st)?;
         let dead = polled
             .dead
@@ -770,6 +806,7 @@ impl Queue {
         if let Some(g) = self.lock().groups.get_mut(group) {
             g.unmove(offsets, now);
         }
+        self.signal().notify();
     }
 
     /// Acks the source offsets of dead-letter copies that are stored.
@@ -864,13 +901,7 @@ impl Queue {
     /// lease deadline or a delayed redelivery), in ms since the epoch.
     pub fn next_deadline(&self, group: &str) -> Option<u64> {
         let st = self.lock();
-        let g = st.groups.get(group)?;
-        let mut t = g.next_deadline();
-        if !st.moves.is_empty() {
-            // A dead-letter move to settle.
-            t = Some(t.map_or(0, |x| x.min(self.env.clock.now_ms())));
-        }
-        t
+        st.groups.get(group)?.next_deadline()
     }
 
     /// Removes every message stored so far, for every group; returns how
@@ -946,11 +977,11 @@ impl Queue {
         for a in inflight {
             let _ = a.wait();
         }
-        let floor = {
-            let mut st = self.lock();
-            self.settle_moves(&mut st, now)?;
-            self.done_floor(&st)
-        };
+        // Held until segments are deleted, so no group can be created below
+        // the floor meanwhile (deleting is rare; it costs a directory sync).
+        let mut st = self.lock();
+        self.settle_moves(&mut st, now)?;
+        let floor = self.done_floor(&st);
         let sealed = self.log.sealed_segments();
         let deleted = match self.settings.retention {
             Retention::Acked => {
@@ -979,7 +1010,7 @@ impl Queue {
                     if !(old || big) {
                         break;
                     }
-                    total -= len;
+                    total = total.saturating_sub(len);
                     cut = Some(next_base);
                 }
                 match cut {
@@ -989,7 +1020,6 @@ impl Queue {
             }
         };
         if deleted > 0 {
-            let mut st = self.lock();
             let low = self.low(&st);
             for g in st.groups.values_mut() {
                 g.raise_floor(low);
@@ -1005,14 +1035,14 @@ impl Queue {
     /// only reports.
     pub fn compact(&self, threshold: f64, dry_run: bool) -> Result<CompactReport> {
         let now = self.env.clock.now_ms();
-        let (low, groups): (u64, Vec<Group>) = {
+        let (low, groups, gid0): (u64, Vec<Group>, u32) = {
             let st = self.lock();
             let low = self.low(&st);
             let snapshot = match self.settings.retention {
                 Retention::Acked => st.groups.values().map(Group::done_snapshot).collect(),
                 Retention::Stream { .. } => Vec::new(),
             };
-            (low, snapshot)
+            (low, snapshot, st.next_gid)
         };
         // Only what is durably done may be dropped.
         self.flush_state()?;
@@ -1054,7 +1084,6 @@ impl Queue {
             let mut out = format::encode_segment_header(base, created).to_vec();
             for (i, (_, cont, r)) in recs.iter().enumerate() {
                 if !keep[i] {
-                    rep.records_dropped += 1;
                     continue;
                 }
                 // A batch stays marked as one only while its next record is kept.
@@ -1062,12 +1091,20 @@ impl Queue {
                 let extra = if cont { format::attrs::BATCH_CONT } else { 0 };
                 format::encode_record(&mut out, r.offset, r.timestamp_ms, &r.message, extra);
             }
+            if !dry_run {
+                // A group created since the snapshot may need what is dropped:
+                // stop here (the next compaction sees it).
+                let st = self.lock();
+                if st.next_gid != gid0 {
+                    break;
+                }
+                self.log.replace_sealed(base, &out)?;
+                drop(st);
+            }
+            rep.records_dropped += keep.iter().filter(|k| !**k).count() as u64;
             rep.segments_rewritten += 1;
             rep.bytes_before += len;
             rep.bytes_after += out.len() as u64;
-            if !dry_run {
-                self.log.replace_sealed(base, &out)?;
-            }
         }
         if rep.segments_rewritten > 0 {
             tracing::info!(queue = %self.name, rewritten = rep.segments_rewritten, reclaimed = rep.bytes_before - rep.bytes_after, dry_run, "compacted");

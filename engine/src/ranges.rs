@@ -76,6 +76,19 @@ impl RangeSet {
         }
     }
 
+    /// Removes every offset at or above `end`.
+    pub fn remove_from(&mut self, end: u64) {
+        let above: Vec<(u64, u64)> = self.map.range(..).filter(|(_, &e)| e > end).map(|(&s, &e)| (s, e)).collect();
+        for (s, e) in above {
+            self.map.remove(&s);
+            self.len -= e - s;
+            if s < end {
+                self.map.insert(s, end);
+                self.len += end - s;
+            }
+        }
+    }
+
     /// If the set holds `[x, e)`, removes it and returns `e`; else `x`.
     /// (Advances a floor over acked offsets.)
     pub fn take_run_from(&mut self, x: u64) -> u64 {

@@ -268,8 +268,9 @@ impl QueueSettings {
         let mut incarnation = None;
         let mut version = None;
         for (i, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
+            // `#` starts a comment, also after a value (no value holds one).
+            let line = line.split('#').next().unwrap_or_default().trim();
+            if line.is_empty() {
                 continue;
             }
             let Some((k, v)) = line.split_once('=') else {

@@ -618,3 +618,44 @@ fn many_queues_recover_in_parallel_and_damage_stays_with_its_queue() {
         assert_eq!(payloads(&env.consume(&q, "g", 1, 9, AckMode::Auto)), [format!("m{i}")], "{q}");
     }
 }
+
+#[test]
+fn a_msg_id_whose_store_failed_is_not_a_duplicate_after_reopen() {
+    let env = Env::sim();
+    let fs = env.fs.clone().unwrap();
+    env.publish("q", &["warm"]);
+    let m = Message { msg_id: Some("x".into()), ..Message::new("payload") };
+    fs.fail_after(gmq_engine::sim::FaultKind::Sync, 0);
+    let r = env.e().publish("q", std::slice::from_ref(&m)).unwrap().wait();
+    assert!(r.is_err(), "the failed store is not acknowledged");
+    fs.clear_faults();
+    let again = env.e().publish("q", std::slice::from_ref(&m));
+    assert!(again.is_err(), "a stopped queue answers nothing, not even `duplicate`");
+    env.e().reopen("q").unwrap();
+    let p = env.e().publish("q", &[m]).unwrap().wait().unwrap();
+    assert_eq!(p.duplicate, [false], "never stored, so not a duplicate");
+    assert_eq!(payloads(&env.consume("q", "g", 1, 9, AckMode::Auto)), ["warm", "payload"]);
+}
+
+#[test]
+fn group_state_past_the_end_of_a_recovered_log_is_clamped() {
+    let mut env = Env::sim();
+    let spec = QueueSpec { fsync: Some(gmq_engine::FsyncPolicy::Never), ..QueueSpec::default() };
+    env.e().create_queue("q", &spec).unwrap();
+    env.publish("q", &["a", "b"]);
+    env.e().get("q").unwrap().unwrap().log().flush().unwrap();
+    env.publish("q", &["c", "d"]); // written, never synced
+    assert_eq!(env.consume("q", "g", 1, 9, AckMode::Auto).len(), 4);
+    let groups = PathBuf::from("/data/queues/q/groups");
+    // The group state that acks all four, as if it had reached the disk
+    // while the log's tail did not.
+    let state = env.fs.as_ref().unwrap().contents(&groups).unwrap();
+    env.crash();
+    assert_eq!(env.e().get("q").unwrap().unwrap().log().next_offset(), 2, "the unsynced tail is gone");
+    env.engine.take().unwrap().close().unwrap();
+    let fs = env.fs.clone().unwrap();
+    fs.set_contents(&groups, state).unwrap();
+    env.engine = Some(Engine::open_with(env.cfg.clone(), Arc::new(fs), env.clock.clone()).unwrap());
+    env.publish("q", &["e"]);
+    assert_eq!(payloads(&env.consume("q", "g", 1, 9, AckMode::Auto)), ["e"], "offset 2 is new, not done");
+}
