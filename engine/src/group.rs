@@ -12,7 +12,7 @@ use crate::format::Record;
 use crate::ranges::RangeSet;
 
 /// Who consumes: the server gives each connection or subscription an id;
-/// its leases are released when it goes away.
+/// its leases are released when it goes away. `u64::MAX` is reserved.
 pub type ConsumerId = u64;
 
 /// Holder of a message that is being moved to the dead-letter queue.

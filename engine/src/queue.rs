@@ -730,6 +730,9 @@ impl Queue {
         consumer: ConsumerId,
         opts: &ConsumeOptions,
     ) -> Result<(Pending<Vec<Delivery>>, Vec<DeadLetter>)> {
+        if consumer == crate::group::MOVING {
+            return Err(Error::BadRequest(format!("consumer id {consumer} is reserved")));
+        }
         let now = self.env.clock.now_ms();
         // Read ahead from the log outside the lock, so competing consumers
         // do not queue behind each other's reads.

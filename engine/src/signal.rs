@@ -14,7 +14,9 @@ use std::time::Instant;
 pub struct Signal {
     generation: AtomicU64,
     waiting: AtomicUsize,
-    wakers: Mutex<Vec<Waker>>,
+    /// Wakers of pending [`Changed`] futures, by the future's id.
+    wakers: Mutex<Vec<(u64, Waker)>>,
+    next_id: AtomicU64,
     cv: Condvar,
 }
 
@@ -33,7 +35,7 @@ impl Signal {
         }
         let wakers = std::mem::take(&mut *self.wakers.lock().unwrap_or_else(|e| e.into_inner()));
         self.cv.notify_all();
-        for w in wakers {
+        for (_, w) in wakers {
             w.wake();
         }
     }
@@ -60,7 +62,7 @@ impl Signal {
 
     /// A future that completes when the generation differs from `seen`.
     pub fn changed(self: &Arc<Self>, seen: u64) -> Changed {
-        Changed { signal: self.clone(), seen, registered: false }
+        Changed { signal: self.clone(), seen, registered: false, id: self.next_id.fetch_add(1, Ordering::Relaxed) }
     }
 }
 
@@ -70,6 +72,7 @@ pub struct Changed {
     signal: Arc<Signal>,
     seen: u64,
     registered: bool,
+    id: u64,
 }
 
 impl Future for Changed {
@@ -88,8 +91,11 @@ impl Future for Changed {
         if self.signal.generation() != self.seen {
             return Poll::Ready(());
         }
-        if !w.iter().any(|x| x.will_wake(cx.waker())) {
-            w.push(cx.waker().clone());
+        let id = self.id;
+        match w.iter_mut().find(|(i, _)| *i == id) {
+            Some((_, x)) if x.will_wake(cx.waker()) => {}
+            Some((_, x)) => *x = cx.waker().clone(),
+            None => w.push((id, cx.waker().clone())),
         }
         Poll::Pending
     }
@@ -100,5 +106,46 @@ impl Drop for Changed {
         if self.registered {
             self.signal.waiting.fetch_sub(1, Ordering::SeqCst);
         }
+        // A waiter that gives up (a long poll timing out) takes its waker
+        // along, so an idle queue does not collect them.
+        if self.registered {
+            let id = self.id;
+            self.signal.wakers.lock().unwrap_or_else(|e| e.into_inner()).retain(|(i, _)| *i != id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::task::Wake;
+
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_pending_future_is_woken_and_a_dropped_one_leaves_nothing_behind() {
+        let s = Arc::new(Signal::default());
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let g = s.generation();
+        let mut kept = s.changed(g);
+        for _ in 0..100 {
+            // Long polls that time out: polled once, then dropped.
+            let mut f = s.changed(g);
+            assert!(Pin::new(&mut f).poll(&mut cx).is_pending());
+        }
+        assert!(Pin::new(&mut kept).poll(&mut cx).is_pending());
+        assert!(Pin::new(&mut kept).poll(&mut cx).is_pending(), "polled again: still one entry");
+        assert_eq!(s.wakers.lock().unwrap().len(), 1, "dropped futures took their wakers along");
+        s.notify();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert!(Pin::new(&mut kept).poll(&mut cx).is_ready());
     }
 }

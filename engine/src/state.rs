@@ -272,6 +272,12 @@ pub fn replay(b: &[u8]) -> Replay {
     let mut at = STATE_HEADER_LEN.min(b.len());
     loop {
         match decode(&b[at..]) {
+            // Zeros where a record should be are the end only if nothing
+            // valid follows them (a zeroed block mid-file is damage).
+            Ok(None) if at < b.len() && valid_follows(b, at) => {
+                r.damage = Some((at as u64, "zero bytes where a record should be".into(), true));
+                break;
+            }
             Ok(None) => break,
             Ok(Some((rec, size))) => {
                 apply(&mut r, &mut ids, rec);
@@ -279,14 +285,35 @@ pub fn replay(b: &[u8]) -> Replay {
                 r.valid_len = at as u64;
             }
             Err(reason) => {
-                let end = b.len().min(at + (64 << 10));
-                let follows = (at + 1..end).any(|p| matches!(decode(&b[p..]), Ok(Some(_))));
-                r.damage = Some((at as u64, reason, follows));
+                r.damage = Some((at as u64, reason, valid_follows(b, at)));
                 break;
             }
         }
     }
     r
+}
+
+/// Whether a valid record starts within 64 KiB after `at`. The checksums
+/// tried are bounded (64 MiB of input in all): past that, the answer is yes,
+/// which quarantines rather than truncates.
+fn valid_follows(b: &[u8], at: usize) -> bool {
+    let end = b.len().min(at + (64 << 10));
+    let mut budget: usize = 64 << 20;
+    for p in at + 1..end {
+        let Some(h) = b.get(p..p + 8) else { break };
+        let len = u32::from_le_bytes([h[4], h[5], h[6], h[7]]) as usize;
+        if len == 0 || len > MAX_BODY || p + 8 + len > b.len() {
+            continue;
+        }
+        if budget < len {
+            return true;
+        }
+        budget -= len;
+        if matches!(decode(&b[p..]), Ok(Some(_))) {
+            return true;
+        }
+    }
+    false
 }
 
 fn apply(r: &mut Replay, ids: &mut BTreeMap<u32, String>, rec: StateRec) {
@@ -460,5 +487,15 @@ mod tests {
         flipped[STATE_HEADER_LEN + 10] ^= 1;
         let c = replay(&flipped);
         assert_eq!(c.damage.as_ref().map(|d| (d.0, d.2)), Some((STATE_HEADER_LEN as u64, true)));
+        // A zeroed record with valid ones after it is damage, not the end.
+        let mut zeroed = b.clone();
+        let (_, first) = decode(&b[STATE_HEADER_LEN..]).unwrap().unwrap();
+        zeroed[STATE_HEADER_LEN..STATE_HEADER_LEN + first].fill(0);
+        let z = replay(&zeroed);
+        assert_eq!(z.damage.as_ref().map(|d| (d.0, d.2)), Some((STATE_HEADER_LEN as u64, true)));
+        // Zeros at the very end are the end.
+        let mut tail = b.clone();
+        tail.extend_from_slice(&[0; 100]);
+        assert_eq!(replay(&tail).damage, None);
     }
 }
