@@ -274,3 +274,46 @@ mod tests {
         assert!(m.describe().contains("data directory"));
     }
 }
+
+/// How busy the machine was during one run of a benchmark.
+#[derive(Debug, Clone, Copy)]
+pub struct RunLoad<'a> {
+    /// Load average before the run.
+    pub before: f64,
+    /// Load average after it.
+    pub after: f64,
+    /// CPU use during it.
+    pub cpu: &'a CpuUse,
+}
+
+/// The "Runs" table every report ends with: per run, the machine's load,
+/// other processes' CPUs and steal, then `extra` columns whose cells
+/// `row` gives along with the run's load.
+pub fn runs_table<'a, R: 'a>(
+    runs: &'a [R],
+    extra: &[(&str, crate::table::Align)],
+    row: impl Fn(&'a R) -> (RunLoad<'a>, Vec<String>),
+) -> String {
+    use crate::table::{pct, Align, Table};
+    let mut t = Table::new(
+        [
+            ("run", Align::Right),
+            ("load avg before → after", Align::Left),
+            ("others' CPUs", Align::Right),
+            ("steal", Align::Right),
+        ]
+        .into_iter()
+        .chain(extra.iter().copied()),
+    );
+    for (i, r) in runs.iter().enumerate() {
+        let (load, cells) = row(r);
+        let fixed = [
+            (i + 1).to_string(),
+            format!("{:.2} → {:.2}", load.before, load.after),
+            format!("{:.2}", load.cpu.others_cpus),
+            pct(load.cpu.steal_pct),
+        ];
+        t.row(fixed.into_iter().chain(cells));
+    }
+    t.to_markdown()
+}

@@ -30,7 +30,7 @@ use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use gmq_benches::fio::shell_quote;
 use gmq_benches::latency::{Latency, LatencySummary};
-use gmq_benches::machine::{load_average, wait_quiet, CpuSample, CpuUse, MachineInfo};
+use gmq_benches::machine::{load_average, runs_table, wait_quiet, CpuSample, CpuUse, MachineInfo, RunLoad};
 use gmq_benches::stats::{median, Spread};
 use gmq_benches::table::{grouped, latency_us, pct, sig3, Align, Table};
 use gmq_benches::{engine_version, parse_size, policy_label, size_label};
@@ -742,26 +742,13 @@ fn render_consume(command: &str, machine: &MachineInfo, a: &ConsumeArgs, runs: &
     }
 
     let _ = writeln!(o, "## Runs\n");
-    let mut t = Table::new([
-        ("run", Align::Right),
-        ("load avg before → after", Align::Left),
-        ("others' CPUs", Align::Right),
-        ("steal", Align::Right),
-        ("cells retried", Align::Right),
-        ("pre-fill", Align::Left),
-    ]);
-    for (i, r) in runs.iter().enumerate() {
+    let extra = [("cells retried", Align::Right), ("pre-fill", Align::Left)];
+    let t = runs_table(runs, &extra, |r| {
         let prefill: Vec<String> = r.prefill.iter().map(|(p, s)| format!("{p} {} s", sig3(*s))).collect();
-        t.row([
-            (i + 1).to_string(),
-            format!("{:.2} → {:.2}", r.load_before, r.load_after),
-            format!("{:.2}", r.cpu.others_cpus),
-            pct(r.cpu.steal_pct),
-            r.cells.iter().filter(|c| c.attempts > 1).count().to_string(),
-            prefill.join(", "),
-        ]);
-    }
-    let _ = writeln!(o, "{}", t.to_markdown());
+        let load = RunLoad { before: r.load_before, after: r.load_after, cpu: &r.cpu };
+        (load, vec![r.cells.iter().filter(|c| c.attempts > 1).count().to_string(), prefill.join(", ")])
+    });
+    let _ = writeln!(o, "{t}");
 
     let _ = writeln!(o, "## Target\n");
     let mut t = Table::new([("target", Align::Left), ("measured (median)", Align::Left), ("met", Align::Left)]);
@@ -1315,21 +1302,9 @@ fn render_restart(
     }
 
     let _ = writeln!(o, "## Runs\n");
-    let mut t = Table::new([
-        ("run", Align::Right),
-        ("load avg before → after", Align::Left),
-        ("others' CPUs", Align::Right),
-        ("steal", Align::Right),
-    ]);
-    for (i, r) in runs.iter().enumerate() {
-        t.row([
-            (i + 1).to_string(),
-            format!("{:.2} → {:.2}", r.load_before, r.load_after),
-            format!("{:.2}", r.cpu.others_cpus),
-            pct(r.cpu.steal_pct),
-        ]);
-    }
-    let _ = writeln!(o, "{}", t.to_markdown());
+    let t =
+        runs_table(runs, &[], |r| (RunLoad { before: r.load_before, after: r.load_after, cpu: &r.cpu }, Vec::new()));
+    let _ = writeln!(o, "{t}");
 
     let _ = writeln!(o, "## Target\n");
     let mut t = Table::new([("target", Align::Left), ("measured (median)", Align::Left), ("met", Align::Left)]);

@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use gmq_benches::append::{run_cell, Cell, CellResult, Load, Settings};
 use gmq_benches::fio::{shell_quote, FioJob, FioResult};
-use gmq_benches::machine::{load_average, wait_quiet, CpuSample, CpuUse, MachineInfo};
+use gmq_benches::machine::{load_average, runs_table, wait_quiet, CpuSample, CpuUse, MachineInfo, RunLoad};
 use gmq_benches::stats::{median, Spread};
 use gmq_benches::table::{grouped, latency_us, pct, sig3, Align, Table};
 use gmq_benches::{engine_version, parse_size, policy_label, size_label};
@@ -453,25 +453,12 @@ fn render(
     }
 
     let _ = writeln!(o, "## Runs\n");
-    let mut t = Table::new([
-        ("run", Align::Right),
-        ("load avg before → after", Align::Left),
-        ("others' CPUs", Align::Right),
-        ("steal", Align::Right),
-        ("cells retried", Align::Right),
-        ("still disturbed", Align::Right),
-    ]);
-    for (i, r) in runs.iter().enumerate() {
-        t.row([
-            (i + 1).to_string(),
-            format!("{:.2} → {:.2}", r.load_before, r.load_after),
-            format!("{:.2}", r.cpu.others_cpus),
-            pct(r.cpu.steal_pct),
-            r.retried.to_string(),
-            r.disturbed.to_string(),
-        ]);
-    }
-    let _ = writeln!(o, "{}", t.to_markdown());
+    let extra = [("cells retried", Align::Right), ("still disturbed", Align::Right)];
+    let t = runs_table(runs, &extra, |r| {
+        let load = RunLoad { before: r.load_before, after: r.load_after, cpu: &r.cpu };
+        (load, vec![r.retried.to_string(), r.disturbed.to_string()])
+    });
+    let _ = writeln!(o, "{t}");
 
     let _ = writeln!(o, "## Targets\n");
     let mut t = Table::new([("target", Align::Left), ("measured (median)", Align::Right), ("met", Align::Left)]);
