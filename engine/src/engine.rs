@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::commit::CommitPool;
 use crate::error::{Error, Result};
@@ -126,7 +126,7 @@ pub struct Engine {
     cfg: EngineConfig,
     root: PathBuf,
     queues_dir: PathBuf,
-    queues: Mutex<BTreeMap<String, Entry>>,
+    queues: RwLock<BTreeMap<String, Entry>>,
     creating: Mutex<()>,
     hints: Mutex<HashMap<String, (u64, u64)>>,
     bindings: Mutex<Bindings>,
@@ -197,7 +197,7 @@ impl Engine {
             cfg,
             root,
             queues_dir,
-            queues: Mutex::new(BTreeMap::new()),
+            queues: RwLock::new(BTreeMap::new()),
             creating: Mutex::new(()),
             hints: Mutex::new(HashMap::new()),
             bindings: Mutex::new(bindings),
@@ -245,7 +245,7 @@ impl Engine {
             torn_bytes = report.torn_bytes,
             "data directory opened"
         );
-        engine.queues = Mutex::new(map);
+        engine.queues = RwLock::new(map);
         engine.report = report;
         Ok(engine)
     }
@@ -312,8 +312,14 @@ impl Engine {
         Ok((q, st))
     }
 
-    fn map(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
-        self.queues.lock().unwrap_or_else(|e| e.into_inner())
+    /// The queue map for changes.
+    fn map(&self) -> RwLockWriteGuard<'_, BTreeMap<String, Entry>> {
+        self.queues.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The queue map for lookups (every operation makes one: shared).
+    fn map_read(&self) -> RwLockReadGuard<'_, BTreeMap<String, Entry>> {
+        self.queues.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// What opening the data directory found.
@@ -354,7 +360,7 @@ impl Engine {
         // Creations are serialized by their own lock, so the files are made
         // without holding the queue map (whose lock every operation takes).
         let _creating = self.creating.lock().unwrap_or_else(|e| e.into_inner());
-        match self.map().get(name) {
+        match self.map_read().get(name) {
             Some(Entry::Open(q)) => {
                 if let Some((field, given, have)) = spec.conflict(q.settings()) {
                     return Err(Error::Conflict(format!("queue '{name}' exists with {field} = {have}, not {given}")));
@@ -404,7 +410,7 @@ impl Engine {
 
     /// The queue `name` if it exists.
     pub fn get(&self, name: &str) -> Result<Option<Arc<Queue>>> {
-        match self.map().get(name) {
+        match self.map_read().get(name) {
             Some(Entry::Open(q)) => Ok(Some(q.clone())),
             Some(Entry::Quarantined(e)) => Err(e.clone()),
             None => Ok(None),
@@ -418,17 +424,17 @@ impl Engine {
 
     /// Names of all queues, quarantined ones included, sorted.
     pub fn queue_names(&self) -> Vec<String> {
-        self.map().keys().cloned().collect()
+        self.map_read().keys().cloned().collect()
     }
 
     fn open_queues(&self) -> Vec<Arc<Queue>> {
-        self.map().values().filter_map(|e| if let Entry::Open(q) = e { Some(q.clone()) } else { None }).collect()
+        self.map_read().values().filter_map(|e| if let Entry::Open(q) = e { Some(q.clone()) } else { None }).collect()
     }
 
     /// Every queue with its depth, bytes, groups and consumers.
     pub fn list(&self) -> Vec<QueueSummary> {
         let entries: Vec<(String, std::result::Result<Arc<Queue>, String>)> = self
-            .map()
+            .map_read()
             .iter()
             .map(|(n, e)| {
                 (
@@ -474,7 +480,7 @@ impl Engine {
     /// Quarantined queues and why, including queues whose corruption was
     /// found by a read after opening.
     pub fn quarantined(&self) -> Vec<(String, Error)> {
-        self.map()
+        self.map_read()
             .iter()
             .filter_map(|(n, e)| match e {
                 Entry::Quarantined(e) => Some((n.clone(), e.clone())),

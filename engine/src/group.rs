@@ -551,11 +551,6 @@ impl Group {
             (a, b) => a.or(b),
         }
     }
-
-    /// Offsets that a compaction must keep for this group: not done.
-    pub(crate) fn needs(&self, o: u64) -> bool {
-        !self.is_done(o)
-    }
 }
 
 /// Loom model of the lease table under concurrent consume, ack, expiry and

@@ -329,9 +329,8 @@ impl Queue {
         }
         if clamped {
             tracing::warn!(queue = %name, end, "group state ran past the recovered log; clamped to its end");
-            let groups: Vec<(String, u32, u64, &crate::ranges::RangeSet)> =
-                replay.groups.iter().map(|(n, g)| (n.clone(), g.gid, g.floor, &g.acked)).collect();
-            let bytes = state::snapshot(incarnation, replay.low, &groups);
+            let groups = replay.groups.iter().map(|(n, g)| (n.as_str(), g.gid, g.floor, &g.acked));
+            let bytes = state::snapshot(incarnation, replay.low, groups);
             env.files.forget(&path);
             vfs.write_atomic(&path, &bytes).map_err(ioe("rewriting the group state"))?;
             len = bytes.len() as u64;
@@ -441,9 +440,8 @@ impl Queue {
             return Ok(());
         }
         let low = st.low;
-        let groups: Vec<(String, u32, u64, &crate::ranges::RangeSet)> =
-            st.groups.iter().map(|(n, g)| (n.clone(), g.id, g.floor(), g.acked())).collect();
-        let bytes = state::snapshot(self.incarnation, low, &groups);
+        let groups = st.groups.iter().map(|(n, g)| (n.as_str(), g.id, g.floor(), g.acked()));
+        let bytes = state::snapshot(self.incarnation, low, groups);
         // Everything appended so far is in the snapshot; nothing can be
         // appended meanwhile (appends hold `st`).
         self.sgc.drain()?;
@@ -502,10 +500,11 @@ impl Queue {
             let value = Published { offsets: a.offsets().collect(), duplicate: vec![false; msgs.len()] };
             return Ok(Pending::new(value, vec![a]));
         }
-        let mut bytes = 0u64;
-        for m in msgs {
-            bytes += format::encoded_len(m).map_err(Error::InvalidRecord)? as u64;
-        }
+        let sizes: Vec<u64> = msgs
+            .iter()
+            .map(|m| format::encoded_len(m).map(|n| n as u64))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(Error::InvalidRecord)?;
         if let Some(e) = self.log.failure() {
             // A stopped queue stores nothing, not even an answer "duplicate".
             return Err(e.stopped_by());
@@ -516,6 +515,7 @@ impl Queue {
         let mut slots: Vec<std::result::Result<usize, u64>> = Vec::with_capacity(msgs.len());
         let mut waits = Vec::new();
         let mut fresh: Vec<&Message> = Vec::with_capacity(msgs.len());
+        let mut fresh_bytes = 0u64;
         if with_ids {
             if st.dedup.is_none() {
                 st.dedup = Some(self.load_dedup(now)?);
@@ -525,9 +525,11 @@ impl Queue {
             dd.evict(now, s.dedup_window_ms, s.dedup_max_ids);
             let mut in_batch: HashMap<&str, usize> = HashMap::new();
             for m in msgs {
+                let size = sizes[slots.len()];
                 let Some(id) = m.msg_id.as_deref() else {
                     slots.push(Ok(fresh.len()));
                     fresh.push(m);
+                    fresh_bytes += size;
                     continue;
                 };
                 // An original whose store failed was never stored: forget it.
@@ -545,11 +547,13 @@ impl Queue {
                     in_batch.insert(id, fresh.len());
                     slots.push(Ok(fresh.len()));
                     fresh.push(m);
+                    fresh_bytes += size;
                 }
             }
         } else {
             slots.extend((0..msgs.len()).map(Ok));
             fresh.extend(msgs.iter());
+            fresh_bytes = sizes.iter().sum();
         }
         let mut offsets = Vec::with_capacity(msgs.len());
         let mut duplicate = Vec::with_capacity(msgs.len());
@@ -565,11 +569,6 @@ impl Queue {
             return Ok(Pending::new(Published { offsets, duplicate }, waits));
         }
         if limited {
-            let fresh_bytes = if fresh.len() == msgs.len() {
-                bytes
-            } else {
-                fresh.iter().map(|m| format::encoded_len(m).unwrap_or(0) as u64).sum()
-            };
             drop_below = self.check_limits(&st, fresh.len() as u64, fresh_bytes)?;
         }
         let owned: Vec<Message>;
@@ -1072,7 +1071,7 @@ impl Queue {
             }
             let live = |r: &Record| {
                 r.offset >= low
-                    && (stream || groups.is_empty() || groups.iter().any(|g| g.needs(r.offset)))
+                    && (stream || groups.is_empty() || groups.iter().any(|g| !g.is_done(r.offset)))
                     && (self.settings.dead_letter_expired || !self.ttl_expired(r, now))
             };
             let keep: Vec<bool> = recs.iter().map(|(_, _, r)| live(r)).collect();

@@ -337,17 +337,22 @@ fn apply(r: &mut Replay, ids: &mut BTreeMap<u32, String>, rec: StateRec) {
     }
 }
 
-/// A snapshot of the whole state: a fresh file's contents.
-pub fn snapshot(incarnation: u64, low: u64, groups: &[(String, u32, u64, &RangeSet)]) -> Vec<u8> {
+/// A snapshot of the whole state, groups as `(name, id, floor, acked)`:
+/// a fresh file's contents.
+pub fn snapshot<'a>(
+    incarnation: u64,
+    low: u64,
+    groups: impl IntoIterator<Item = (&'a str, u32, u64, &'a RangeSet)>,
+) -> Vec<u8> {
     let mut out = encode_header(incarnation);
     if low > 0 {
         encode(&mut out, &StateRec::Low(low));
     }
     for (name, gid, floor, acked) in groups {
-        encode(&mut out, &StateRec::Create { gid: *gid, floor: *floor, name: name.clone() });
+        encode(&mut out, &StateRec::Create { gid, floor, name: name.to_owned() });
         let ranges: Vec<Range<u64>> = acked.ranges().collect();
         for chunk in ranges.chunks(4096) {
-            encode(&mut out, &StateRec::Acks { gid: *gid, floor: *floor, ranges: chunk.to_vec() });
+            encode(&mut out, &StateRec::Acks { gid, floor, ranges: chunk.to_vec() });
         }
     }
     out

@@ -757,12 +757,10 @@ pub fn group_state(data: &[u8]) {
             }
         }
     }
-    let groups: Vec<(String, u32, u64, &gmq_engine::ranges::RangeSet)> =
-        full.groups.iter().map(|(n, g)| (n.clone(), g.gid, g.floor, &g.acked)).collect();
-    if groups.iter().any(|g| g.0.len() > u16::MAX as usize) {
+    if full.groups.keys().any(|n| n.len() > u16::MAX as usize) {
         return;
     }
-    let snap = state::snapshot(7, full.low, &groups);
+    let snap = state::snapshot(7, full.low, full.groups.iter().map(|(n, g)| (n.as_str(), g.gid, g.floor, &g.acked)));
     let again = state::replay(&snap);
     assert_eq!(again.damage, None);
     assert_eq!(again.low, full.low);
