@@ -1,0 +1,246 @@
+//! Subscriptions: push delivery with `prefetch` credit.
+//!
+//! Each subscription is a task with its own engine consumer id, so that
+//! `unsubscribe` returns exactly its unacked deliveries to the group. It
+//! pushes while it has credit:
+//! - `ack: "manual"`: deliveries not yet acked, nacked or past their lease
+//!   (`ack_timeout_ms`) count against `prefetch`. Acks and nacks sent on the
+//!   same connection give the credit back at once; a lease that runs out
+//!   gives it back when it expires (the message is then delivered again).
+//! - `ack: "auto"`: push frames not yet written to the socket count against
+//!   `prefetch`, so a subscriber that stops reading stops the deliveries
+//!   (and, past `write_timeout_ms`, is cut off) instead of making the server
+//!   buffer without bound.
+//!
+//! With nothing to deliver it waits on the queue's signal (or, for a queue
+//! that does not exist yet, on queue creation) and on the group's next lease
+//! deadline: no polling.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use gmq_engine::{AckMode, Clock, ConsumeOptions, ConsumerId, SystemClock};
+use gmq_protocol::{push_frame, ErrorCode, WireError};
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::convert::{delivered, wire_error};
+use crate::session::{release, Shared};
+
+/// What a subscription and its connection share.
+#[derive(Debug)]
+pub struct SubState {
+    /// Queue.
+    pub queue: String,
+    /// Group.
+    pub group: String,
+    manual: bool,
+    prefetch: usize,
+    /// Manual: offset → lease deadline (ms since the epoch).
+    outstanding: Mutex<BTreeMap<u64, u64>>,
+    /// Auto: frames queued but not yet written.
+    unwritten: AtomicUsize,
+    credit: Notify,
+}
+
+impl SubState {
+    /// Offsets acked or nacked on the connection: credit again.
+    pub fn settled(&self, offsets: &[u64]) {
+        if !self.manual {
+            return;
+        }
+        let mut o = self.outstanding.lock().unwrap_or_else(|e| e.into_inner());
+        let before = o.len();
+        for off in offsets {
+            o.remove(off);
+        }
+        if o.len() != before {
+            self.credit.notify_one();
+        }
+    }
+
+    /// Deliveries counting against `prefetch` now, and when the next lease
+    /// runs out.
+    fn in_use(&self, now_ms: u64) -> (usize, Option<u64>) {
+        if !self.manual {
+            return (self.unwritten.load(Ordering::SeqCst), None);
+        }
+        let mut o = self.outstanding.lock().unwrap_or_else(|e| e.into_inner());
+        o.retain(|_, deadline| *deadline > now_ms);
+        (o.len(), o.values().min().copied())
+    }
+}
+
+/// A push frame on its way to the socket.
+#[derive(Debug)]
+pub struct Push {
+    /// The frame.
+    pub frame: Bytes,
+    sub: Option<Arc<SubState>>,
+}
+
+impl Push {
+    /// The writer queued the frame for the socket.
+    pub fn written(&self) {
+        if let Some(s) = &self.sub {
+            if !s.manual {
+                s.unwritten.fetch_sub(1, Ordering::SeqCst);
+                s.credit.notify_one();
+            }
+        }
+    }
+}
+
+/// A running subscription, owned by its connection's session.
+#[derive(Debug)]
+pub struct Sub {
+    /// Shared with the task.
+    pub state: Arc<SubState>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Sub {
+    /// Stops the subscription and waits until its leases are back in the
+    /// group.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Options of a new subscription.
+#[derive(Debug)]
+pub struct SubSpec {
+    pub(crate) id: String,
+    pub(crate) conn: u64,
+    pub(crate) queue: String,
+    pub(crate) group: String,
+    pub(crate) prefetch: usize,
+    pub(crate) ack: AckMode,
+    pub(crate) events: Option<Vec<String>>,
+    pub(crate) from: Option<gmq_engine::StartFrom>,
+}
+
+/// Starts a subscription; it pushes nothing before `started` fires (its
+/// reply must be written first).
+pub fn start(shared: Arc<Shared>, spec: SubSpec, pushes: mpsc::Sender<Push>, started: oneshot::Receiver<()>) -> Sub {
+    let state = Arc::new(SubState {
+        queue: spec.queue.clone(),
+        group: spec.group.clone(),
+        manual: spec.ack == AckMode::Manual,
+        prefetch: spec.prefetch,
+        outstanding: Mutex::new(BTreeMap::new()),
+        unwritten: AtomicUsize::new(0),
+        credit: Notify::new(),
+    });
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(run(shared, spec, state.clone(), pushes, started, stop_rx));
+    Sub { state, stop, task }
+}
+
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The instant of a wall-clock deadline in ms since the epoch.
+fn instant_of(deadline_ms: u64, now_ms: u64) -> Instant {
+    Instant::now() + Duration::from_millis(deadline_ms.saturating_sub(now_ms))
+}
+
+async fn run(
+    shared: Arc<Shared>,
+    spec: SubSpec,
+    state: Arc<SubState>,
+    pushes: mpsc::Sender<Push>,
+    started: oneshot::Receiver<()>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let consumer: ConsumerId = shared.next_id();
+    if started.await.is_ok() {
+        if let Err(e) = deliver(&shared, &spec, &state, consumer, &pushes, &mut stop).await {
+            tracing::warn!(queue = %spec.queue, group = %spec.group, sub = %spec.id, code = %e.code, error = %e.message, "subscription ended by an error");
+            let frame = json!({ "sub": spec.id, "error": { "code": e.code.as_str(), "message": e.message } });
+            let mut line = serde_json::to_vec(&frame).unwrap_or_default();
+            line.push(b'\n');
+            let _ = pushes.send(Push { frame: Bytes::from(line), sub: None }).await;
+        }
+    }
+    release(&shared, consumer).await;
+    shared.registry.detach_sub(&spec.queue, spec.conn, &spec.id);
+}
+
+/// Delivers until stopped; an error ends the subscription.
+async fn deliver(
+    shared: &Arc<Shared>,
+    spec: &SubSpec,
+    state: &Arc<SubState>,
+    consumer: ConsumerId,
+    pushes: &mpsc::Sender<Push>,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), WireError> {
+    let clock = SystemClock;
+    loop {
+        if *stop.borrow() || shared.is_shutting_down() {
+            return Ok(());
+        }
+        let now = clock.now_ms();
+        let (used, next_expiry) = state.in_use(now);
+        let credit = state.prefetch.saturating_sub(used);
+        if credit == 0 {
+            tokio::select! {
+                _ = state.credit.notified() => {}
+                _ = until(next_expiry.map(|d| instant_of(d, now))) => {}
+                _ = stopped(stop) => return Ok(()),
+                _ = shared.shutting_down() => return Ok(()),
+            }
+            continue;
+        }
+        let (signal, seen) = crate::ops::signal_of(&shared.engine, &spec.queue)?;
+        let opts = ConsumeOptions { max: credit, ack: spec.ack, events: spec.events.clone(), from: spec.from };
+        let engine = shared.engine.clone();
+        let (queue, group) = (spec.queue.clone(), spec.group.clone());
+        let got = tokio::task::spawn_blocking(move || engine.consume(&queue, &group, consumer, &opts))
+            .await
+            .map_err(|e| WireError::new(ErrorCode::Storage, format!("internal error: {e}")))?
+            .map_err(|e| wire_error(&e))?
+            .await
+            .map_err(|e| wire_error(&e))?;
+        if got.is_empty() {
+            let deadline = shared.engine.get(&spec.queue).ok().flatten().and_then(|q| q.next_deadline(&spec.group));
+            tokio::select! {
+                _ = signal.changed(seen) => {}
+                _ = until(deadline.map(|d| instant_of(d, clock.now_ms()))) => {}
+                _ = stopped(stop) => return Ok(()),
+                _ = shared.shutting_down() => return Ok(()),
+            }
+            continue;
+        }
+        let lease_ms = shared.engine.get(&spec.queue).ok().flatten().map_or(0, |q| q.settings().ack_timeout_ms);
+        let deadline = clock.now_ms().saturating_add(lease_ms);
+        for d in &got {
+            if state.manual {
+                state.outstanding.lock().unwrap_or_else(|e| e.into_inner()).insert(d.record.offset, deadline);
+            } else {
+                state.unwritten.fetch_add(1, Ordering::SeqCst);
+            }
+            let push = Push { frame: push_frame(&spec.id, &delivered(d)), sub: Some(state.clone()) };
+            tokio::select! {
+                r = pushes.send(push) => if r.is_err() { return Ok(()) },
+                _ = stopped(stop) => return Ok(()),
+            }
+        }
+    }
+}
