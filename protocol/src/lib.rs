@@ -30,7 +30,7 @@ pub use frame::{FrameTooLarge, LineFramer};
 pub use reply::{legacy_reply, push_frame, Delivered, Reply};
 pub use request::{
     decode_base64, parse, valid_name, AckMode, Consume, Fsync, Id, LegacyRequest, Overflow, Parsed, Request, Retention,
-    Settings, WireMessage, DEFAULT_GROUP, DEFAULT_PREFETCH,
+    Settings, Start, WireMessage, DEFAULT_GROUP, DEFAULT_PREFETCH,
 };
 
 /// The protocol version `ping` reports.

@@ -61,7 +61,7 @@ pub enum AckMode {
 
 /// Where a new group starts (`from`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum From {
+pub enum Start {
     /// `"oldest"`: the oldest retained message (the default).
     Oldest,
     /// `"latest"`: only messages published after the group is created.
@@ -123,7 +123,7 @@ pub struct Settings {
     pub retention: Option<Retention>,
     pub dedup_window_ms: Option<u64>,
     pub dedup_max_ids: Option<u64>,
-    pub from: Option<From>,
+    pub from: Option<Start>,
 }
 
 /// `consume` and `subscribe` options.
@@ -142,7 +142,7 @@ pub struct Consume {
     /// Deliver only these events.
     pub events: Option<Vec<String>>,
     /// Where the group starts if this creates it.
-    pub from: Option<From>,
+    pub from: Option<Start>,
 }
 
 /// A parsed, validated request.
@@ -516,7 +516,7 @@ impl Fields {
         }
     }
 
-    fn from(&mut self) -> R<Option<From>> {
+    fn from(&mut self) -> R<Option<Start>> {
         let Some(v) = self.take("from") else { return Ok(None) };
         let bad = || {
             WireError::bad_request(
@@ -524,11 +524,11 @@ impl Fields {
             )
         };
         Ok(Some(match v {
-            Value::String(s) if s == "oldest" => From::Oldest,
-            Value::String(s) if s == "latest" => From::Latest,
-            Value::Number(n) => From::Offset(n.as_u64().ok_or_else(bad)?),
+            Value::String(s) if s == "oldest" => Start::Oldest,
+            Value::String(s) if s == "latest" => Start::Latest,
+            Value::Number(n) => Start::Offset(n.as_u64().ok_or_else(bad)?),
             Value::Object(mut o) if o.len() == 1 => {
-                From::Time(o.remove("time_ms").and_then(|t| t.as_u64()).ok_or_else(bad)?)
+                Start::Time(o.remove("time_ms").and_then(|t| t.as_u64()).ok_or_else(bad)?)
             }
             _ => return Err(bad()),
         }))
