@@ -118,6 +118,9 @@ pub struct Session {
     /// Publishes of this connection started, and how many have completed.
     pub(crate) writes_started: u64,
     pub(crate) writes: Arc<Writes>,
+    /// Replies queued, and (counted by the writer) written.
+    queued: u64,
+    answered: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Completed publishes of a connection, so that its reads wait for its own
@@ -172,7 +175,16 @@ where
     let limits = &shared.config.limits;
     let (slots_tx, slots_rx) = mpsc::channel(limits.max_inflight);
     let (push_tx, push_rx) = mpsc::channel(256);
-    let write = tokio::spawn(write_loop(writer, slots_rx, push_rx, ms(limits.write_timeout_ms), conn, peer));
+    let answered = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let out = Out {
+        w: writer,
+        buf: Vec::with_capacity(WRITE_CHUNK),
+        timeout: ms(limits.write_timeout_ms),
+        conn,
+        peer,
+        answered: answered.clone(),
+    };
+    let write = tokio::spawn(write_loop(out, slots_rx, push_rx));
     let mut s = Session {
         consumer: shared.next_id(),
         shared: shared.clone(),
@@ -185,6 +197,8 @@ where
         pushes: push_tx,
         writes_started: 0,
         writes: Arc::default(),
+        queued: 0,
+        answered,
     };
     s.read_loop(reader).await;
     // Subscriptions first (they return their leases), then let the writer
@@ -244,7 +258,7 @@ impl Session {
                 (true, false) => line_started.or(Some(Instant::now())),
             };
             let line_deadline = line_started.zip(line_timeout).map(|(t, d)| t + d);
-            let inflight = self.slots.max_capacity() - self.slots.capacity();
+            let inflight = self.queued - self.answered.load(std::sync::atomic::Ordering::Relaxed);
             let idle_deadline = idle_timeout
                 .filter(|_| self.subs.is_empty() && inflight == 0 && framer.partial() == 0)
                 .map(|d| last_read + d);
@@ -298,8 +312,9 @@ impl Session {
     }
 
     /// Queues a reply; `false` if the writer is gone.
-    pub(crate) async fn send(&self, slot: Slot) -> bool {
+    pub(crate) async fn send(&mut self, slot: Slot) -> bool {
         let last = matches!(slot, Slot::Last(_));
+        self.queued += 1;
         self.slots.send(slot).await.is_ok() && !last
     }
 }
@@ -328,6 +343,8 @@ struct Out<W> {
     timeout: Option<Duration>,
     conn: u64,
     peer: SocketAddr,
+    /// Replies written (pushes not counted).
+    answered: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl<W: AsyncWrite + Unpin> Out<W> {
@@ -359,6 +376,12 @@ impl<W: AsyncWrite + Unpin> Out<W> {
         }
     }
 
+    /// Queues a reply.
+    async fn reply(&mut self, b: &[u8]) -> bool {
+        self.answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.put(b).await
+    }
+
     async fn put(&mut self, b: &[u8]) -> bool {
         self.buf.extend_from_slice(b);
         self.buf.len() < WRITE_CHUNK || self.flush().await
@@ -367,14 +390,10 @@ impl<W: AsyncWrite + Unpin> Out<W> {
 
 /// The writer: replies in slot order, pushes in between, writes batched.
 async fn write_loop<W: AsyncWrite + Unpin>(
-    w: W,
+    mut out: Out<W>,
     mut slots: mpsc::Receiver<Slot>,
     mut pushes: mpsc::Receiver<Push>,
-    timeout: Option<Duration>,
-    conn: u64,
-    peer: SocketAddr,
 ) {
-    let mut out = Out { w, buf: Vec::with_capacity(WRITE_CHUNK), timeout, conn, peer };
     let mut head: Option<ReplyFuture> = None;
     let mut slots_open = true;
     let mut pushes_open = true;
@@ -386,7 +405,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 match poll_now(f) {
                     Some(b) => {
                         head = None;
-                        if !out.put(&b).await {
+                        if !out.reply(&b).await {
                             break 'run;
                         }
                     }
@@ -427,7 +446,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         tokio::select! {
             b = async { head.as_mut().expect("guarded").await }, if head.is_some() => {
                 head = None;
-                if !out.put(&b).await {
+                if !out.reply(&b).await {
                     break;
                 }
             }
@@ -464,19 +483,19 @@ async fn take<W: AsyncWrite + Unpin>(
     last: &mut bool,
 ) -> bool {
     match slot {
-        Slot::Ready(b) => out.put(&b).await,
+        Slot::Ready(b) => out.reply(&b).await,
         Slot::Wait(f) => {
             *head = Some(f);
             true
         }
         Slot::Then(b, tx) => {
-            let ok = out.put(&b).await;
+            let ok = out.reply(&b).await;
             let _ = tx.send(());
             ok
         }
         Slot::Last(b) => {
             *last = true;
-            out.put(&b).await
+            out.reply(&b).await
         }
     }
 }

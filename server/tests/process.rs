@@ -141,7 +141,7 @@ fn kill_9_loses_no_acknowledged_publish() {
             let mut inflight = std::collections::VecDeque::new();
             loop {
                 while inflight.len() < 32 {
-                    let (req, payloads) = if n % 5 == 0 {
+                    let (req, payloads) = if n.is_multiple_of(5) {
                         let ps: Vec<String> = (0..3).map(|i| format!("p{p}-{n}-{i}")).collect();
                         let msgs: Vec<Value> = ps.iter().map(|x| json!({"payload": b64(x)})).collect();
                         (json!({"op":"publish","queue":queue,"messages":msgs}), ps)

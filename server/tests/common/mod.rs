@@ -29,10 +29,7 @@ pub struct TestServer {
 
 /// The configuration tests start from: a fresh data directory, port 0.
 pub fn test_config(dir: &Path) -> Config {
-    let mut c = Config::default();
-    c.listen = "127.0.0.1:0".into();
-    c.data_dir = dir.to_path_buf();
-    c
+    Config { listen: "127.0.0.1:0".into(), data_dir: dir.to_path_buf(), ..Config::default() }
 }
 
 impl TestServer {
