@@ -51,12 +51,12 @@ pub fn delivered(d: &Delivery) -> Delivered<'_> {
 }
 
 /// Where a group starts.
-pub fn start(f: request::From) -> StartFrom {
+pub fn start(f: request::Start) -> StartFrom {
     match f {
-        request::From::Oldest => StartFrom::Oldest,
-        request::From::Latest => StartFrom::Latest,
-        request::From::Offset(o) => StartFrom::Offset(o),
-        request::From::Time(t) => StartFrom::Time(t),
+        request::Start::Oldest => StartFrom::Oldest,
+        request::Start::Latest => StartFrom::Latest,
+        request::Start::Offset(o) => StartFrom::Offset(o),
+        request::Start::Time(t) => StartFrom::Time(t),
     }
 }
 
