@@ -106,7 +106,7 @@ pub struct LineFramer {
 impl LineFramer {
     /// A framer refusing lines longer than `max` bytes (without the newline).
     pub fn new(max: usize) -> Self {
-        LineFramer { buf: BytesMut::with_capacity(8 << 10), max, scanned: 0, scan: ObjectScan::default() }
+        LineFramer { buf: BytesMut::new(), max, scanned: 0, scan: ObjectScan::default() }
     }
 
     /// The buffer to read into (for `AsyncReadExt::read_buf`).
@@ -159,10 +159,9 @@ impl LineFramer {
         self.scanned = len;
         if let (Some(end), false) = (self.scan.complete_at, self.scan.off) {
             let line = self.buf.split_to(end).freeze();
-            self.scanned = self.buf.len();
-            self.scan = ObjectScan::default();
             // What followed the object (blanks) is scanned again as a new line.
             self.scanned = 0;
+            self.scan = ObjectScan::default();
             return Ok(Some(line));
         }
         Ok(None)

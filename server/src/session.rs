@@ -178,7 +178,7 @@ where
     let answered = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let out = Out {
         w: writer,
-        buf: Vec::with_capacity(WRITE_CHUNK),
+        buf: Vec::new(),
         timeout: ms(limits.write_timeout_ms),
         conn,
         peer,
@@ -262,9 +262,11 @@ impl Session {
             let idle_deadline = idle_timeout
                 .filter(|_| self.subs.is_empty() && inflight == 0 && framer.partial() == 0)
                 .map(|d| last_read + d);
+            // Idle connections keep small buffers; a busy one reads 16 KiB
+            // at a time (many pipelined requests per read).
             let buf = framer.buffer_mut();
-            if buf.capacity() - buf.len() < 16 << 10 {
-                buf.reserve(64 << 10);
+            if buf.capacity() - buf.len() < 4 << 10 {
+                buf.reserve(16 << 10);
             }
             tokio::select! {
                 biased;
