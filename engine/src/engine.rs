@@ -713,16 +713,19 @@ impl Engine {
     }
 
     /// Publishes a copy of `msg` to every queue bound to a pattern matching
-    /// `topic`; returns each queue with its pending publish (an empty list
-    /// when nothing matches). Each copy is atomic on its own.
-    pub fn publish_topic(&self, topic: &str, msg: &Message) -> Result<Vec<(String, Pending<Published>)>> {
+    /// `topic`; returns each queue with its pending publish or why that copy
+    /// was refused (an empty list when nothing matches). Each copy is atomic
+    /// on its own: one queue refusing (full, failed) does not stop the
+    /// others, so the caller can say exactly which copies were stored.
+    #[allow(clippy::type_complexity)]
+    pub fn publish_topic(&self, topic: &str, msg: &Message) -> Result<Vec<(String, Result<Pending<Published>>)>> {
         if !routing::valid_topic(topic) {
             return Err(Error::InvalidName(topic.to_owned()));
         }
         let queues = self.bindings_lock().route(topic);
         let mut out = Vec::with_capacity(queues.len());
         for name in queues {
-            let p = self.queue(&name)?.publish(std::slice::from_ref(msg))?;
+            let p = self.queue(&name).and_then(|q| q.publish(std::slice::from_ref(msg)));
             out.push((name, p));
         }
         Ok(out)

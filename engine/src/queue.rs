@@ -451,12 +451,46 @@ impl Queue {
         Ok(())
     }
 
+    /// Messages not yet done for *every* group: those some group still has
+    /// to consume or ack (PROTOCOL.md's `depth`). With several groups this
+    /// is the size of the union of what each has left, not the largest.
     fn depth(&self, st: &QState, next: u64) -> u64 {
-        let low = self.low(st);
-        if st.groups.is_empty() {
-            return next.saturating_sub(low);
+        let low = self.low(st).min(next);
+        let mut groups = st.groups.values();
+        let Some(first) = groups.next() else { return next - low };
+        if st.groups.len() == 1 {
+            return first.depth(low, next);
         }
-        st.groups.values().map(|g| g.depth(low, next)).max().unwrap_or(0)
+        // Offsets of [low, next) done for every group: intersect each
+        // group's done set (below its floor, plus its acked ranges).
+        let done = |g: &Group| -> Vec<std::ops::Range<u64>> {
+            let f = g.floor().clamp(low, next);
+            let mut v = Vec::new();
+            if low < f {
+                v.push(low..f);
+            }
+            v.extend(g.acked().ranges().map(|r| r.start.max(f)..r.end.min(next)).filter(|r| r.start < r.end));
+            v
+        };
+        let mut all = done(first);
+        for g in groups {
+            let other = done(g);
+            let (mut i, mut j, mut out) = (0, 0, Vec::new());
+            while i < all.len() && j < other.len() {
+                let (a, b) = (&all[i], &other[j]);
+                let (s, e) = (a.start.max(b.start), a.end.min(b.end));
+                if s < e {
+                    out.push(s..e);
+                }
+                if a.end < b.end {
+                    i += 1;
+                } else {
+                    j += 1;
+                }
+            }
+            all = out;
+        }
+        (next - low) - all.iter().map(|r| r.end - r.start).sum::<u64>()
     }
 
     /// The offset below which every group is done (the retention floor).

@@ -221,6 +221,30 @@ both! {
         assert_eq!(dead[0].record.message.ttl_ms, None, "the copy does not expire");
     };
 
+    depth_counts_what_any_group_has_left => |env: Env| {
+        let o = env.publish("m", &["1", "2", "3"]);
+        env.consume("m", "a", 1, 3, AckMode::Manual);
+        env.consume("m", "b", 2, 3, AckMode::Manual);
+        env.ack("m", "a", &[o[1]]);
+        env.ack("m", "b", &[o[0]]);
+        // a has 0 and 2 left, b has 1 and 2: every message is still owed.
+        assert_eq!(env.e().stats("m").unwrap().depth, 3);
+        env.ack("m", "a", &[o[0], o[2]]);
+        env.ack("m", "b", &[o[2]]);
+        assert_eq!(env.e().stats("m").unwrap().depth, 1, "only b's 1 is left");
+        env.ack("m", "b", &[o[1]]);
+        assert_eq!(env.e().stats("m").unwrap().depth, 0);
+        // max_length counts the same way.
+        let spec = QueueSpec { max_length: Some(2), ..QueueSpec::default() };
+        env.e().create_queue("n", &spec).unwrap();
+        let o = env.publish("n", &["1", "2"]);
+        env.consume("n", "a", 1, 2, AckMode::Manual);
+        env.consume("n", "b", 2, 2, AckMode::Manual);
+        env.ack("n", "a", &[o[1]]);
+        env.ack("n", "b", &[o[0]]);
+        assert!(matches!(env.e().publish("n", &[Message::new("3")]), Err(Error::QueueFull(_))));
+    };
+
     max_length_rejects_or_drops_the_oldest => |env: Env| {
         let spec = QueueSpec { max_length: Some(3), ..QueueSpec::default() };
         env.e().create_queue("r", &spec).unwrap();
@@ -386,9 +410,18 @@ both! {
         env.e().bind("all", "#").unwrap();
         let m = Message::new("o1");
         let routed = env.e().publish_topic("orders.eu.created", &m).unwrap();
-        let names: Vec<String> = routed.into_iter().map(|(n, p)| { p.wait().unwrap(); n }).collect();
+        let names: Vec<String> = routed.into_iter().map(|(n, p)| { p.unwrap().wait().unwrap(); n }).collect();
         assert_eq!(names, ["all", "eu"], "each queue once");
         assert!(env.e().publish_topic("nothing.matches.here", &m).unwrap().iter().all(|(n, _)| n == "all"));
+        // A full queue refuses its copy; the others are stored.
+        let full = QueueSpec { max_length: Some(1), ..QueueSpec::default() };
+        env.e().create_queue("small", &full).unwrap();
+        env.e().bind("small", "orders.#").unwrap();
+        env.publish("small", &["x"]);
+        let routed = env.e().publish_topic("orders.us", &m).unwrap();
+        let results: Vec<(String, bool)> = routed.into_iter().map(|(n, p)| (n, p.and_then(|p| p.wait()).is_ok())).collect();
+        assert_eq!(results, [("all".to_owned(), true), ("small".to_owned(), false)]);
+        env.e().delete_queue("small").unwrap();
         env.e().unbind("all", "#").unwrap();
         assert!(env.e().publish_topic("nothing", &m).unwrap().is_empty());
         assert!(matches!(env.e().unbind("all", "#"), Err(Error::NotFound(_))));

@@ -771,7 +771,8 @@ fn bad_fsync() -> WireError {
     WireError::bad_request("field 'fsync' must be \"always\", \"never\" or {\"interval_ms\": N} with N > 0")
 }
 
-const OPS: [&str; 15] = [
+/// Every operation of the protocol, as `op` names it.
+pub const OPS: [&str; 15] = [
     "ping",
     "auth",
     "publish",

@@ -236,14 +236,9 @@ fn garbage_never_panics() {
         let mut f = LineFramer::new(64);
         for chunk in bytes.chunks(1 + (next() % 7) as usize) {
             f.extend(chunk);
-            loop {
-                match f.next_line() {
-                    Ok(Some(l)) => {
-                        assert!(l.len() <= 64);
-                        let _ = parse(&l);
-                    }
-                    Ok(None) | Err(_) => break,
-                }
+            while let Ok(Some(l)) = f.next_line() {
+                assert!(l.len() <= 64);
+                let _ = parse(&l);
             }
         }
     }

@@ -174,6 +174,7 @@ impl Session {
                     }
                     None if self.shared.config.auth.users.is_empty() => Ok(Slot::Ready(ok(id.as_ref()).finish())),
                     None => {
+                        self.user = None;
                         tracing::warn!(conn = self.conn, peer = %self.peer, user = %user, "authentication failed");
                         Err(WireError::new(ErrorCode::Unauthorized, "wrong user or password"))
                     }
@@ -227,7 +228,11 @@ impl Session {
                     let mut failed = Vec::new();
                     let mut results = Vec::with_capacity(routed.len());
                     for (queue, pending) in routed {
-                        results.push((queue, pending.await));
+                        let r = match pending {
+                            Ok(p) => p.await,
+                            Err(e) => Err(e),
+                        };
+                        results.push((queue, r));
                     }
                     writes.completed();
                     for (queue, r) in results {
@@ -294,6 +299,7 @@ impl Session {
                 Ok(Slot::Ready(ok(id.as_ref()).field("removed", &removed).finish()))
             }
             Request::Queues => {
+                self.own_writes().await;
                 let list = blocking(&engine, |e| Ok(e.list())).await?;
                 let queues: Vec<_> = list
                     .into_iter()
@@ -308,6 +314,7 @@ impl Session {
                 Ok(Slot::Ready(ok(id.as_ref()).field("queues", &queues).finish()))
             }
             Request::Stats { queue } => {
+                self.own_writes().await;
                 let q = queue.clone();
                 let (s, settings) = blocking(&engine, move |e| {
                     let q = e.existing(&q)?;
@@ -348,7 +355,13 @@ impl Session {
                 Ok(Slot::Ready(ok(id.as_ref()).finish()))
             }
             Request::Unbind { queue, pattern } => {
-                blocking(&engine, move |e| e.unbind(&queue, &pattern)).await?;
+                let (q, p) = (queue.clone(), pattern.clone());
+                blocking(&engine, move |e| e.unbind(&q, &p)).await.map_err(|e| match e.code {
+                    ErrorCode::NotFound => {
+                        WireError::new(e.code, format!("queue '{queue}' is not bound to pattern '{pattern}'"))
+                    }
+                    _ => e,
+                })?;
                 Ok(Slot::Ready(ok(id.as_ref()).finish()))
             }
         }
@@ -358,6 +371,13 @@ impl Session {
     fn write_started(&mut self) -> Arc<crate::session::Writes> {
         self.writes_started += 1;
         self.writes.clone()
+    }
+
+    /// Read your own writes: waits until the publishes this connection sent
+    /// earlier have completed, so a read after them sees them (under
+    /// `fsync = always` a message is readable only once synced).
+    async fn own_writes(&self) {
+        self.writes.reached(self.writes_started).await;
     }
 
     /// Acks or nacks on this connection give its subscriptions credit.
@@ -373,9 +393,7 @@ impl Session {
         if self.consumed.insert((c.queue.clone(), c.group.clone())) {
             self.shared.registry.attach(&c.queue, self.conn, &c.group, None);
         }
-        // Read your own writes: publishes this connection sent earlier are
-        // visible to this consume.
-        self.writes.reached(self.writes_started).await;
+        self.own_writes().await;
         let deadline = Instant::now() + std::time::Duration::from_millis(c.wait_ms);
         let (mut signal, mut seen) = signal_of(&self.shared.engine, &c.queue)?;
         let got = consume_once(&self.shared, self.consumer, &c).await?;
@@ -386,6 +404,7 @@ impl Session {
         // while it waits; its reply still comes back in order.
         let shared = self.shared.clone();
         let consumer = self.consumer;
+        let mut reader_done = self.reader_done.subscribe();
         Ok(Slot::Wait(Box::pin(async move {
             loop {
                 let lease = shared.engine.get(&c.queue).ok().flatten().and_then(|q| q.next_deadline(&c.group));
@@ -399,6 +418,10 @@ impl Session {
                     _ = signal.changed(seen) => {}
                     _ = tokio::time::sleep_until(wake) => {}
                     _ = shared.shutting_down() => return messages_reply(id.as_ref(), &[]),
+                    // The client closed its side (or the connection is
+                    // closing): taking messages for it now would hand them
+                    // to a socket that may be gone.
+                    _ = reader_done.wait_for(|v| *v) => return messages_reply(id.as_ref(), &[]),
                 }
                 match signal_of(&shared.engine, &c.queue) {
                     Ok((s, g)) => (signal, seen) = (s, g),
@@ -467,6 +490,7 @@ impl Session {
             op => return Err(WireError::bad_request(format!("operation {op:?}: expected \"P\", \"S\" or \"L\""))),
         };
         self.authorize(&as_request)?;
+        self.own_writes().await;
         if self.shared.is_shutting_down() {
             return Err(WireError::new(ErrorCode::ShuttingDown, "the server is shutting down"));
         }

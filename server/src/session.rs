@@ -121,6 +121,9 @@ pub struct Session {
     /// Replies queued, and (counted by the writer) written.
     queued: u64,
     answered: Arc<std::sync::atomic::AtomicU64>,
+    /// Becomes `true` when the reader stops (EOF, error, shutdown): waiting
+    /// consumes then answer at once.
+    pub(crate) reader_done: watch::Sender<bool>,
 }
 
 /// Completed publishes of a connection, so that its reads wait for its own
@@ -199,8 +202,10 @@ where
         writes: Arc::default(),
         queued: 0,
         answered,
+        reader_done: watch::channel(false).0,
     };
     s.read_loop(reader).await;
+    s.reader_done.send_replace(true);
     // Subscriptions first (they return their leases), then let the writer
     // finish what is in flight, then return this connection's leases: a
     // `consume` still in flight could otherwise lease after the release.
@@ -258,10 +263,7 @@ impl Session {
                 (true, false) => line_started.or(Some(Instant::now())),
             };
             let line_deadline = line_started.zip(line_timeout).map(|(t, d)| t + d);
-            let inflight = self.queued - self.answered.load(std::sync::atomic::Ordering::Relaxed);
-            let idle_deadline = idle_timeout
-                .filter(|_| self.subs.is_empty() && inflight == 0 && framer.partial() == 0)
-                .map(|d| last_read + d);
+            let idle_deadline = idle_timeout.filter(|_| framer.partial() == 0).map(|d| last_read + d);
             // Idle connections keep small buffers; a busy one reads 16 KiB
             // at a time (many pipelined requests per read).
             let buf = framer.buffer_mut();
@@ -287,8 +289,14 @@ impl Session {
                     return;
                 }
                 _ = sleep_until(idle_deadline), if idle_deadline.is_some() => {
-                    tracing::info!(conn = self.conn, peer = %self.peer, "idle connection closed (idle_timeout_ms)");
-                    return;
+                    let inflight = self.queued - self.answered.load(std::sync::atomic::Ordering::Relaxed);
+                    if self.subs.is_empty() && inflight == 0 {
+                        tracing::info!(conn = self.conn, peer = %self.peer, "idle connection closed (idle_timeout_ms)");
+                        return;
+                    }
+                    // Busy without reading (a subscription, a long poll):
+                    // not idle; look again one timeout from now.
+                    last_read = Instant::now();
                 }
             }
         }
@@ -384,6 +392,18 @@ impl<W: AsyncWrite + Unpin> Out<W> {
         self.put(b).await
     }
 
+    /// Queues a push frame, unless its subscription has ended (its
+    /// `unsubscribe` reply may already be written; the message went back to
+    /// the group).
+    async fn push(&mut self, p: Push) -> bool {
+        if p.cancelled() {
+            return true;
+        }
+        let ok = self.put(&p.frame).await;
+        p.written();
+        ok
+    }
+
     async fn put(&mut self, b: &[u8]) -> bool {
         self.buf.extend_from_slice(b);
         self.buf.len() < WRITE_CHUNK || self.flush().await
@@ -432,9 +452,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         }
         if !last {
             while let Ok(p) = pushes.try_recv() {
-                let ok = out.put(&p.frame).await;
-                p.written();
-                if !ok {
+                if !out.push(p).await {
                     break 'run;
                 }
             }
@@ -465,9 +483,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             },
             p = pushes.recv(), if pushes_open => match p {
                 Some(p) => {
-                    let ok = out.put(&p.frame).await;
-                    p.written();
-                    if !ok {
+                    if !out.push(p).await {
                         break;
                     }
                 }

@@ -46,6 +46,8 @@ pub struct SubState {
     /// Auto: frames queued but not yet written.
     unwritten: AtomicUsize,
     credit: Notify,
+    /// Set when the subscription stops: its queued frames are dropped.
+    ended: std::sync::atomic::AtomicBool,
 }
 
 impl SubState {
@@ -85,6 +87,11 @@ pub struct Push {
 }
 
 impl Push {
+    /// Whether its subscription ended before the frame was written.
+    pub fn cancelled(&self) -> bool {
+        self.sub.as_ref().is_some_and(|s| s.ended.load(Ordering::SeqCst))
+    }
+
     /// The writer queued the frame for the socket.
     pub fn written(&self) {
         if let Some(s) = &self.sub {
@@ -109,6 +116,7 @@ impl Sub {
     /// Stops the subscription and waits until its leases are back in the
     /// group.
     pub async fn stop(self) {
+        self.state.ended.store(true, Ordering::SeqCst);
         let _ = self.stop.send(true);
         let _ = self.task.await;
     }
@@ -138,6 +146,7 @@ pub fn start(shared: Arc<Shared>, spec: SubSpec, pushes: mpsc::Sender<Push>, sta
         outstanding: Mutex::new(BTreeMap::new()),
         unwritten: AtomicUsize::new(0),
         credit: Notify::new(),
+        ended: std::sync::atomic::AtomicBool::new(false),
     });
     let (stop, stop_rx) = watch::channel(false);
     let task = tokio::spawn(run(shared, spec, state.clone(), pushes, started, stop_rx));
