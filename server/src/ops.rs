@@ -291,10 +291,12 @@ impl Session {
                 Ok(Slot::Ready(ok(id.as_ref()).field("created", &created).finish()))
             }
             Request::Delete { queue } => {
+                self.own_writes().await;
                 blocking(&engine, move |e| e.delete_queue(&queue)).await?;
                 Ok(Slot::Ready(ok(id.as_ref()).finish()))
             }
             Request::Purge { queue } => {
+                self.own_writes().await;
                 let removed = blocking(&engine, move |e| e.purge(&queue)).await?;
                 Ok(Slot::Ready(ok(id.as_ref()).field("removed", &removed).finish()))
             }

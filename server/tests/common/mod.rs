@@ -224,3 +224,26 @@ where
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A deterministic generator (xorshift64*): seeded from `GMQ_TEST_SEED` or
+/// the test's default, and the seed printed so a failure can be replayed.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn seeded(name: &str, default: u64) -> Rng {
+        let seed = std::env::var("GMQ_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(default);
+        println!("{name}: seed {seed} (set GMQ_TEST_SEED to replay)");
+        Rng(seed.max(1))
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
