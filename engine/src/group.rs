@@ -78,11 +78,21 @@ pub(crate) struct Polled<E> {
     pub(crate) dead: Vec<(Record, u32, DeadReason)>,
     /// A read that failed part way: what was done before it stands.
     pub(crate) error: Option<E>,
+    /// Payload bytes of `out`.
+    bytes: usize,
 }
 
 impl<E> Default for Polled<E> {
     fn default() -> Self {
-        Polled { out: Vec::new(), done: Vec::new(), dead: Vec::new(), error: None }
+        Polled { out: Vec::new(), done: Vec::new(), dead: Vec::new(), error: None, bytes: 0 }
+    }
+}
+
+impl<E> Polled<E> {
+    /// Whether the poll has handed out all it may (it always may hand out
+    /// one message, however large).
+    fn full(&self, rules: &PollRules<'_>) -> bool {
+        self.out.len() >= rules.max || (rules.max_bytes > 0 && self.bytes >= rules.max_bytes)
     }
 }
 
@@ -90,6 +100,8 @@ impl<E> Default for Polled<E> {
 pub(crate) struct PollRules<'a> {
     pub(crate) consumer: ConsumerId,
     pub(crate) max: usize,
+    /// Stop once the payloads handed out reach this many bytes (0: no limit).
+    pub(crate) max_bytes: usize,
     pub(crate) events: Option<&'a [String]>,
     pub(crate) mode: AckMode,
     pub(crate) now: u64,
@@ -313,7 +325,7 @@ impl Group {
         let mut due: Vec<u64> = self.retry_at.iter().take_while(|&&(t, _)| t <= rules.now).map(|&(_, o)| o).collect();
         due.sort_unstable();
         for o in due {
-            if p.out.len() >= rules.max {
+            if p.full(rules) {
                 break;
             }
             let rec = match fetch(o) {
@@ -350,7 +362,7 @@ impl Group {
         // filter; they stay for the group's other consumers.
         let mut from = 0u64;
         loop {
-            while p.out.len() < rules.max {
+            while !p.full(rules) {
                 let next = self.buf.range(from..).find(|(_, r)| matches(rules.events, r)).map(|(&o, _)| o);
                 let Some(o) = next else { break };
                 from = o + 1;
@@ -361,7 +373,7 @@ impl Group {
                     self.hand_out(rec, 1, None, rules, &mut p);
                 }
             }
-            if p.out.len() >= rules.max || self.buf.len() >= BUF_RECORDS || self.buf_bytes >= BUF_BYTES {
+            if p.full(rules) || self.buf.len() >= BUF_RECORDS || self.buf_bytes >= BUF_BYTES {
                 break;
             }
             let want = (rules.max - p.out.len()).max(64).min(BUF_RECORDS - self.buf.len());
@@ -449,6 +461,7 @@ impl Group {
         p: &mut Polled<E>,
     ) {
         self.counters.delivered += 1;
+        p.bytes += rec.message.payload.len();
         match rules.mode {
             AckMode::Auto => {
                 if self.mark_done(rec.offset) {
@@ -577,6 +590,7 @@ mod loom_model {
         let rules = PollRules {
             consumer,
             max,
+            max_bytes: 0,
             events: None,
             mode: AckMode::Manual,
             now,

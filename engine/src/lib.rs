@@ -47,7 +47,7 @@ pub use error::{Error, Result};
 pub use format::{Message, Record};
 pub use group::{AckMode, ConsumerId, DeadReason, Delivery, Group, GroupCounters};
 pub use log::{FsyncPolicy, LogConfig, QueueLog};
-pub use queue::{CompactReport, ConsumeOptions, GroupStats, Pending, Published, Queue, QueueStats};
+pub use queue::{CompactReport, Completion, ConsumeOptions, GroupStats, Pending, Published, Queue, QueueStats};
 pub use settings::{Overflow, QueueSettings, QueueSpec, Retention, StartFrom};
 
 /// Wall-clock time source, injectable for tests.

@@ -65,6 +65,13 @@ impl<T> Pending<T> {
         self.waits.clone()
     }
 
+    /// A handle that completes when this does (stored or failed), which
+    /// can be awaited apart from the value: e.g. to order a later read
+    /// after this write without holding on to the result.
+    pub fn completion(&self) -> Completion {
+        Completion { waits: self.waits.clone() }
+    }
+
     /// Blocks until stored; the first failure wins.
     pub fn wait(self) -> Result<T> {
         for a in self.waits {
@@ -94,6 +101,33 @@ impl<T: Unpin> Future for Pending<T> {
     }
 }
 
+/// Completes when the appends behind a [`Pending`] have (whether they
+/// stored or failed). Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Completion {
+    waits: Vec<Append>,
+}
+
+impl Completion {
+    /// Whether it has completed.
+    pub fn is_done(&self) -> bool {
+        self.waits.iter().all(Append::is_done)
+    }
+}
+
+impl Future for Completion {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        while let Some(a) = self.waits.last_mut() {
+            if Pin::new(a).poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.waits.pop();
+        }
+        Poll::Ready(())
+    }
+}
+
 /// What a publish stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {
@@ -109,6 +143,10 @@ pub struct Published {
 pub struct ConsumeOptions {
     /// At most this many messages (at least 1 is used).
     pub max: usize,
+    /// Stop adding messages once their payloads reach this many bytes
+    /// (0: no limit). At least one message is returned, however large, so
+    /// a large message cannot block the group.
+    pub max_bytes: usize,
     /// Auto or manual acknowledgement.
     pub ack: AckMode,
     /// Deliver only messages with one of these events.
@@ -790,6 +828,7 @@ impl Queue {
         let rules = PollRules {
             consumer,
             max: opts.max.max(1),
+            max_bytes: opts.max_bytes,
             events: opts.events.as_deref(),
             mode: opts.ack,
             now,

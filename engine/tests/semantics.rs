@@ -293,6 +293,17 @@ both! {
         assert_eq!(got("latest", StartFrom::Oldest), ["4"], "`from` applies only when the group is created");
     };
 
+    max_bytes_bounds_a_consume_but_always_gives_one => |env: Env| {
+        let big = "b".repeat(600);
+        env.publish("q", &[big.as_str(), big.as_str(), big.as_str(), "s"]);
+        let capped = ConsumeOptions { max: 9, max_bytes: 1000, ..ConsumeOptions::default() };
+        let got = env.e().consume("q", "g", 1, &capped).unwrap().wait().unwrap();
+        assert_eq!(offsets(&got), [0, 1], "stops once 1000 bytes are reached");
+        let tiny = ConsumeOptions { max: 9, max_bytes: 1, ..ConsumeOptions::default() };
+        assert_eq!(offsets(&env.e().consume("q", "g", 1, &tiny).unwrap().wait().unwrap()), [2], "one however large");
+        assert_eq!(offsets(&env.e().consume("q", "g", 1, &capped).unwrap().wait().unwrap()), [3]);
+    };
+
     event_filters_skip_for_that_consumer_only => |env: Env| {
         let m = |e: &str| Message { event: Some(e.into()), ..Message::new(e.as_bytes().to_vec()) };
         env.e().publish("q", &[m("created"), m("deleted"), m("created"), m("updated")]).unwrap().wait().unwrap();

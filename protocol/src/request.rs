@@ -307,6 +307,16 @@ pub enum Parsed {
     },
     /// A GMQ request: answer in GMQ's shape, then close the connection.
     Legacy(LegacyRequest),
+    /// A GMQ request that cannot be served (a field of the wrong type):
+    /// answer `confirmation: "N"` in GMQ's shape, then close.
+    LegacyInvalid {
+        /// `operation` as sent (empty if not a string).
+        operation: String,
+        /// `queue` as sent (empty if not a string).
+        queue: String,
+        /// Why.
+        error: WireError,
+    },
     /// A request that cannot be served: answer with the error (echoing the
     /// id when it could be read); the connection stays open.
     Invalid {
@@ -335,10 +345,7 @@ pub fn parse(line: &[u8]) -> Parsed {
         Err(e) => return Parsed::Invalid { id: None, error: WireError::new(ErrorCode::BadJson, e.to_string()) },
     };
     if !obj.contains_key("op") && obj.contains_key("operation") {
-        return match legacy(obj) {
-            Ok(l) => Parsed::Legacy(l),
-            Err(error) => Parsed::Invalid { id: None, error },
-        };
+        return legacy(obj);
     }
     let mut f = Fields { obj, op: "" };
     let id = match f.id() {
@@ -351,15 +358,23 @@ pub fn parse(line: &[u8]) -> Parsed {
     }
 }
 
-fn legacy(mut obj: Map<String, Value>) -> Result<LegacyRequest, WireError> {
+fn legacy(mut obj: Map<String, Value>) -> Parsed {
     // GMQ's client sends its whole struct (`confirmation`, `error` too), so
     // other fields are ignored here.
+    let mut error = None;
     let mut text = |k: &str| match obj.remove(k) {
-        None | Some(Value::Null) => Ok(String::new()),
-        Some(Value::String(s)) => Ok(s),
-        Some(_) => Err(WireError::bad_request(format!("field '{k}' must be a string"))),
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s,
+        Some(v) => {
+            error.get_or_insert_with(|| wrong(k, "a string", &v));
+            String::new()
+        }
     };
-    Ok(LegacyRequest { operation: text("operation")?, queue: text("queue")?, payload: text("payload")? })
+    let (operation, queue, payload) = (text("operation"), text("queue"), text("payload"));
+    match error {
+        None => Parsed::Legacy(LegacyRequest { operation, queue, payload }),
+        Some(error) => Parsed::LegacyInvalid { operation, queue, error },
+    }
 }
 
 type R<T> = Result<T, WireError>;

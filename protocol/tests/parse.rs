@@ -182,6 +182,12 @@ fn legacy_requests() {
     assert_eq!((l.operation.as_str(), l.queue.as_str(), l.payload.as_str()), ("P", "q", "aGk="));
     let Parsed::Legacy(l) = parse(br#"{"operation":"L","queue":"q"}"#) else { panic!() };
     assert_eq!(l.payload, "");
+    let Parsed::LegacyInvalid { operation, queue, error } = parse(br#"{"operation":"P","queue":"q","payload":5}"#)
+    else {
+        panic!()
+    };
+    assert_eq!((operation.as_str(), queue.as_str(), error.code), ("P", "q", ErrorCode::BadRequest));
+    assert!(error.message.contains("'payload'"), "{}", error.message);
     let reply = legacy_reply("S", "q", "", None);
     assert_eq!(
         &reply[..],

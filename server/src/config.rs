@@ -81,6 +81,12 @@ pub struct Limits {
     /// the server stops reading from the connection while it has this many.
     /// Default 1024.
     pub max_inflight: usize,
+    /// Bytes of one connection's requests in flight plus their finished
+    /// replies not yet written; past it the server stops reading from the
+    /// connection. One `consume` reply also stops growing at about this
+    /// many payload bytes (it always holds at least one message). Default
+    /// 64 MiB.
+    pub max_inflight_bytes: usize,
     /// Subscriptions on one connection. Default 1024.
     pub max_subscriptions: usize,
     /// A connection with no request, no subscription and nothing in flight
@@ -106,6 +112,7 @@ impl Default for Limits {
             max_payload_bytes: 16 << 20,
             max_batch: 10_000,
             max_inflight: 1024,
+            max_inflight_bytes: 64 << 20,
             max_subscriptions: 1024,
             idle_timeout_ms: 600_000,
             line_timeout_ms: 30_000,
@@ -328,6 +335,7 @@ impl Config {
             ("limits.max_connections", l.max_connections),
             ("limits.max_batch", l.max_batch),
             ("limits.max_inflight", l.max_inflight),
+            ("limits.max_inflight_bytes", l.max_inflight_bytes),
             ("limits.max_subscriptions", l.max_subscriptions),
             ("engine.max_open_files", self.engine.max_open_files),
             ("engine.recovery_threads", self.engine.recovery_threads),

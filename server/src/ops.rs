@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use gmq_engine::signal::Signal;
-use gmq_engine::{AckMode, ConsumeOptions, Delivery, Engine, Error, Queue};
+use gmq_engine::{AckMode, Completion, ConsumeOptions, Delivery, Engine, Error, Queue};
 use gmq_protocol::{
     legacy_reply, reply::encode_payload, Consume, ErrorCode, Id, LegacyRequest, Reply, Request, WireError, WireMessage,
     PROTOCOL_VERSION,
@@ -23,6 +23,9 @@ use crate::session::{Session, Shared, Slot};
 use crate::subscription::{self, SubSpec};
 
 type Res<T> = Result<T, WireError>;
+
+/// (queue, group) pairs one connection shows in `stats` as attached.
+const MAX_ATTACHED: usize = 1024;
 
 /// Runs an engine call on the blocking pool.
 pub(crate) async fn blocking<T, F>(engine: &Arc<Engine>, f: F) -> Res<T>
@@ -80,11 +83,29 @@ fn check_payloads(shared: &Shared, msgs: &[WireMessage]) -> Res<()> {
     Ok(())
 }
 
-/// Consumes once (on the blocking pool), waiting for the group's state to
-/// be stored when the ack is automatic.
-async fn consume_once(shared: &Arc<Shared>, consumer: u64, c: &Consume) -> Res<Vec<Delivery>> {
+/// What one consume found, and when the group next has something due
+/// without a publish (a lease running out, a delayed redelivery).
+pub(crate) struct Consumed {
+    pub(crate) got: Vec<Delivery>,
+    pub(crate) next_deadline: Option<u64>,
+}
+
+/// Consumes once on the blocking pool (holding one of `running`'s permits
+/// until the engine call returns), waiting for the group's state to be
+/// stored when the ack is automatic.
+pub(crate) async fn consume_once(
+    shared: &Arc<Shared>,
+    running: &Arc<tokio::sync::Semaphore>,
+    consumer: u64,
+    c: &Consume,
+) -> Res<Consumed> {
+    let Ok(permit) = running.clone().try_acquire_owned() else {
+        // The connection is closing (its permits are being collected).
+        return Ok(Consumed { got: Vec::new(), next_deadline: None });
+    };
     let opts = ConsumeOptions {
         max: usize::try_from(c.max).unwrap_or(usize::MAX).min(shared.config.limits.max_batch),
+        max_bytes: shared.config.limits.max_inflight_bytes,
         ack: match c.ack {
             gmq_protocol::AckMode::Auto => AckMode::Auto,
             gmq_protocol::AckMode::Manual => AckMode::Manual,
@@ -93,8 +114,28 @@ async fn consume_once(shared: &Arc<Shared>, consumer: u64, c: &Consume) -> Res<V
         from: c.from.map(convert::start),
     };
     let (q, g) = (c.queue.clone(), c.group.clone());
-    let pending = blocking(&shared.engine, move |e| e.consume(&q, &g, consumer, &opts)).await?;
-    pending.await.map_err(|e| wire_error(&e))
+    let (pending, next_deadline) = blocking(&shared.engine, move |e| {
+        let p = e.consume(&q, &g, consumer, &opts)?;
+        let next = e.get(&q)?.and_then(|q| q.next_deadline(&g));
+        drop(permit);
+        Ok((p, next))
+    })
+    .await?;
+    Ok(Consumed { got: pending.await.map_err(|e| wire_error(&e))?, next_deadline })
+}
+
+/// When a waiting consumer should look again for messages that become due
+/// without a publish: at `next_deadline` if it is still ahead, else (it is
+/// due, yet the last consume found nothing for this consumer, e.g. a
+/// filter skips it) only on the periodic recheck, so a due message meant
+/// for others cannot make the waiter spin.
+pub(crate) fn recheck_at(next_deadline: Option<u64>) -> Instant {
+    const RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+    let now = gmq_engine::Clock::now_ms(&gmq_engine::SystemClock);
+    match next_deadline {
+        Some(d) if d > now => Instant::now() + std::time::Duration::from_millis(d - now).min(RECHECK),
+        _ => Instant::now() + RECHECK,
+    }
 }
 
 fn messages_reply(id: Option<&Id>, got: &[Delivery]) -> bytes::Bytes {
@@ -191,12 +232,24 @@ impl Session {
                 }
                 let q = queue_or_create(&engine, &queue).await?;
                 let msgs: Vec<_> = messages.into_iter().map(convert::message).collect();
-                let pending = q.publish(&msgs).map_err(|e| wire_error(&e))?;
-                let writes = self.write_started();
+                // A plain publish only encodes under the log's lock, so it
+                // runs here. Dedup and length limits take the queue's lock,
+                // which housekeeping can hold across an fsync: those go to
+                // the blocking pool (still in request order).
+                let s = q.settings();
+                let pending =
+                    if msgs.iter().any(|m| m.msg_id.is_some()) || s.max_length.is_some() || s.max_bytes.is_some() {
+                        let q = q.clone();
+                        tokio::task::spawn_blocking(move || q.publish(&msgs))
+                            .await
+                            .map_err(|e| WireError::new(ErrorCode::Storage, format!("internal error: {e}")))?
+                    } else {
+                        q.publish(&msgs)
+                    }
+                    .map_err(|e| wire_error(&e))?;
+                self.write_started(pending.completion());
                 Ok(Slot::Wait(Box::pin(async move {
-                    let r = pending.await;
-                    writes.completed();
-                    match r {
+                    match pending.await {
                         Ok(p) => {
                             let r = ok(id.as_ref());
                             if batch {
@@ -222,7 +275,11 @@ impl Session {
                 let msg = convert::message(message);
                 let t = topic.clone();
                 let routed = blocking(&engine, move |e| e.publish_topic(&t, &msg)).await?;
-                let writes = self.write_started();
+                for (_, p) in &routed {
+                    if let Ok(p) = p {
+                        self.write_started(p.completion());
+                    }
+                }
                 Ok(Slot::Wait(Box::pin(async move {
                     let mut out = Vec::with_capacity(routed.len());
                     let mut failed = Vec::new();
@@ -234,7 +291,6 @@ impl Session {
                         };
                         results.push((queue, r));
                     }
-                    writes.completed();
                     for (queue, r) in results {
                         match r {
                             Ok(p) => {
@@ -369,17 +425,22 @@ impl Session {
         }
     }
 
-    /// Counts a publish that starts now; its reply future reports completion.
-    fn write_started(&mut self) -> Arc<crate::session::Writes> {
-        self.writes_started += 1;
-        self.writes.clone()
+    /// Remembers a publish that starts now (reads after it wait for it).
+    fn write_started(&mut self, c: Completion) {
+        while self.writes.front().is_some_and(Completion::is_done) {
+            self.writes.pop_front();
+        }
+        self.writes.push_back(c);
     }
 
     /// Read your own writes: waits until the publishes this connection sent
     /// earlier have completed, so a read after them sees them (under
-    /// `fsync = always` a message is readable only once synced).
-    async fn own_writes(&self) {
-        self.writes.reached(self.writes_started).await;
+    /// `fsync = always` a message is readable only once synced). The engine
+    /// completes every append (stored or failed), so this always ends.
+    async fn own_writes(&mut self) {
+        while let Some(c) = self.writes.pop_front() {
+            c.await;
+        }
     }
 
     /// Acks or nacks on this connection give its subscriptions credit.
@@ -392,48 +453,53 @@ impl Session {
     }
 
     async fn consume(&mut self, id: Option<Id>, c: Consume) -> Res<Slot> {
-        if self.consumed.insert((c.queue.clone(), c.group.clone())) {
-            self.shared.registry.attach(&c.queue, self.conn, &c.group, None);
-        }
         self.own_writes().await;
+        if self.slots.is_closed() {
+            // The writer is gone: taking messages now would hand them to no one.
+            return Ok(Slot::Ready(messages_reply(id.as_ref(), &[])));
+        }
         let deadline = Instant::now() + std::time::Duration::from_millis(c.wait_ms);
         let (mut signal, mut seen) = signal_of(&self.shared.engine, &c.queue)?;
-        let got = consume_once(&self.shared, self.consumer, &c).await?;
-        if !got.is_empty() || c.wait_ms == 0 {
-            return Ok(Slot::Ready(messages_reply(id.as_ref(), &got)));
+        let first = consume_once(&self.shared, &self.consumes, self.consumer, &c).await?;
+        // Attached for `stats` once the queue exists, at most so many
+        // (queue, group) pairs per connection.
+        if self.consumed.len() < MAX_ATTACHED
+            && self.shared.engine.get(&c.queue).ok().flatten().is_some()
+            && self.consumed.insert((c.queue.clone(), c.group.clone()))
+        {
+            self.shared.registry.attach(&c.queue, self.conn, &c.group, None);
+        }
+        if !first.got.is_empty() || c.wait_ms == 0 {
+            return Ok(Slot::Ready(messages_reply(id.as_ref(), &first.got)));
         }
         // Long poll: the connection goes on with the requests after this one
         // while it waits; its reply still comes back in order.
         let shared = self.shared.clone();
-        let consumer = self.consumer;
+        let (consumer, running) = (self.consumer, self.consumes.clone());
         let mut reader_done = self.reader_done.subscribe();
+        let mut next_deadline = first.next_deadline;
         Ok(Slot::Wait(Box::pin(async move {
             loop {
-                let lease = shared.engine.get(&c.queue).ok().flatten().and_then(|q| q.next_deadline(&c.group));
-                let wake = lease
-                    .map(|d| {
-                        let now = gmq_engine::Clock::now_ms(&gmq_engine::SystemClock);
-                        Instant::now() + std::time::Duration::from_millis(d.saturating_sub(now))
-                    })
-                    .map_or(deadline, |t| t.min(deadline));
+                let wake = recheck_at(next_deadline).min(deadline);
                 tokio::select! {
-                    _ = signal.changed(seen) => {}
-                    _ = tokio::time::sleep_until(wake) => {}
+                    biased;
                     _ = shared.shutting_down() => return messages_reply(id.as_ref(), &[]),
                     // The client closed its side (or the connection is
                     // closing): taking messages for it now would hand them
                     // to a socket that may be gone.
                     _ = reader_done.wait_for(|v| *v) => return messages_reply(id.as_ref(), &[]),
+                    _ = signal.changed(seen) => {}
+                    _ = tokio::time::sleep_until(wake) => {}
                 }
                 match signal_of(&shared.engine, &c.queue) {
                     Ok((s, g)) => (signal, seen) = (s, g),
                     Err(e) => return Reply::error(id.as_ref(), &e),
                 }
-                match consume_once(&shared, consumer, &c).await {
-                    Ok(got) if !got.is_empty() || Instant::now() >= deadline => {
-                        return messages_reply(id.as_ref(), &got);
+                match consume_once(&shared, &running, consumer, &c).await {
+                    Ok(r) if !r.got.is_empty() || Instant::now() >= deadline => {
+                        return messages_reply(id.as_ref(), &r.got);
                     }
-                    Ok(_) => {}
+                    Ok(r) => next_deadline = r.next_deadline,
                     Err(e) => return Reply::error(id.as_ref(), &e),
                 }
             }
@@ -441,6 +507,8 @@ impl Session {
     }
 
     async fn subscribe(&mut self, id: Option<Id>, c: Consume) -> Res<Slot> {
+        // Subscriptions that ended by themselves (an error) no longer count.
+        self.subs.retain(|_, s| !s.is_finished());
         if self.subs.len() >= self.shared.config.limits.max_subscriptions {
             return Err(WireError::bad_request(format!(
                 "this connection has {} subscriptions (max_subscriptions)",
@@ -517,15 +585,18 @@ impl Session {
                     events: None,
                     from: None,
                 };
-                let got = consume_once(&self.shared, self.consumer, &c).await?;
-                Ok(got.first().map(|d| encode_payload(&d.record.message.payload)).unwrap_or_default())
+                let r = consume_once(&self.shared, &self.consumes, self.consumer, &c).await?;
+                Ok(r.got.first().map(|d| encode_payload(&d.record.message.payload)).unwrap_or_default())
             }
-            _ => match engine.get(&l.queue) {
-                Ok(Some(q)) => Ok(q.stats().depth.to_string()),
-                Ok(None) => Ok("0".into()),
-                Err(Error::NotFound(_)) => Ok("0".into()),
-                Err(e) => Err(wire_error(&e)),
-            },
+            _ => {
+                let q = l.queue.clone();
+                blocking(&engine, move |e| match e.get(&q) {
+                    Ok(Some(q)) => Ok(q.stats().depth.to_string()),
+                    Ok(None) | Err(Error::NotFound(_)) => Ok("0".into()),
+                    Err(e) => Err(e),
+                })
+                .await
+            }
         }
     }
 }

@@ -14,7 +14,8 @@ use gmq_engine::Engine;
 use gmq_protocol::{ErrorCode, Reply, WireError};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
 
 use crate::config::Config;
 use crate::session::{serve, Shared};
@@ -31,11 +32,12 @@ pub async fn run(
     let shared = Arc::new(Shared::new(engine, config, stop_rx));
     let limits = shared.config.limits.clone();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
-    // Every session holds a clone; `recv` returns `None` once all are gone.
-    let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
+    let mut sessions = JoinSet::new();
     let housekeeping = tokio::spawn(housekeeping(shared.clone()));
     tokio::pin!(shutdown);
     loop {
+        // Reap finished sessions so the set stays the size of the live ones.
+        while sessions.try_join_next().is_some() {}
         tokio::select! {
             _ = &mut shutdown => break,
             r = listener.accept() => match r {
@@ -43,12 +45,11 @@ pub async fn run(
                     let _ = sock.set_nodelay(true);
                     match permits.clone().try_acquire_owned() {
                         Ok(permit) => {
-                            let (shared, alive) = (shared.clone(), alive_tx.clone());
-                            tokio::spawn(async move {
+                            let shared = shared.clone();
+                            sessions.spawn(async move {
                                 let (r, w) = sock.into_split();
                                 serve(shared, peer, r, w).await;
                                 drop(permit);
-                                drop(alive);
                             });
                         }
                         Err(_) => {
@@ -72,15 +73,17 @@ pub async fn run(
     );
     drop(listener);
     let _ = stop_tx.send(true);
-    drop(alive_tx);
     let grace = Duration::from_millis(limits.shutdown_timeout_ms);
-    if tokio::time::timeout(grace, alive_rx.recv()).await.is_err() {
+    let drained = tokio::time::timeout(grace, async { while sessions.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
         tracing::warn!(
-            connections = shared.registry.connections(),
-            "connections still open after shutdown_timeout_ms; closing the engine regardless"
+            connections = sessions.len(),
+            "connections still open after shutdown_timeout_ms; cutting them off (their leases return at the next start)"
         );
+        sessions.abort_all();
+        while sessions.join_next().await.is_some() {}
     }
-    housekeeping.abort();
+    // Housekeeping finishes its round (it may be syncing) and stops.
     let _ = housekeeping.await;
     Ok(())
 }
@@ -103,7 +106,10 @@ async fn housekeeping(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_millis(shared.config.engine.maintain_interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shared.shutting_down() => return,
+        }
         let s = shared.clone();
         let r = tokio::task::spawn_blocking(move || {
             let deleted = s.engine.maintain();

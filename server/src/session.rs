@@ -28,7 +28,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
-use gmq_engine::{ConsumerId, Engine};
+use gmq_engine::{Completion, ConsumerId, Engine};
 use gmq_protocol::{parse, ErrorCode, LineFramer, Parsed, Reply, WireError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -113,43 +113,56 @@ pub struct Session {
     pub(crate) consumed: std::collections::HashSet<(String, String)>,
     pub(crate) subs: std::collections::HashMap<String, Sub>,
     pub(crate) user: Option<User>,
-    pub(crate) slots: mpsc::Sender<Slot>,
+    pub(crate) slots: mpsc::Sender<(Slot, usize)>,
     pub(crate) pushes: mpsc::Sender<Push>,
-    /// Publishes of this connection started, and how many have completed.
-    pub(crate) writes_started: u64,
-    pub(crate) writes: Arc<Writes>,
+    /// Publishes of this connection not known to be complete: a read
+    /// waits for them (read your own writes), since under `fsync = always`
+    /// a message is readable only once synced. They complete on their own
+    /// (the engine completes every append), whether or not the writer ever
+    /// polls their replies.
+    pub(crate) writes: std::collections::VecDeque<Completion>,
     /// Replies queued, and (counted by the writer) written.
     queued: u64,
     answered: Arc<std::sync::atomic::AtomicU64>,
+    /// Bytes of requests in flight and of their finished replies not yet
+    /// written; the reader stops while it is past `max_inflight_bytes`.
+    budget: Arc<Budget>,
+    /// Consumes running on the blocking pool: the connection's leases are
+    /// released only after the last one finished.
+    pub(crate) consumes: Arc<tokio::sync::Semaphore>,
     /// Becomes `true` when the reader stops (EOF, error, shutdown): waiting
     /// consumes then answer at once.
     pub(crate) reader_done: watch::Sender<bool>,
 }
 
-/// Completed publishes of a connection, so that its reads wait for its own
-/// writes: a `consume` pipelined after a `publish` sees the message even
-/// though, under `fsync = always`, a message is readable only once synced.
+/// Permits of [`Session::consumes`].
+pub(crate) const CONSUME_PERMITS: u32 = 1 << 20;
+
+/// Bytes in flight on a connection.
 #[derive(Debug, Default)]
-pub struct Writes {
-    done: std::sync::atomic::AtomicU64,
-    notify: tokio::sync::Notify,
+pub struct Budget {
+    bytes: std::sync::atomic::AtomicUsize,
+    room: tokio::sync::Notify,
 }
 
-impl Writes {
-    /// A publish completed (stored or failed).
-    pub fn completed(&self) {
-        self.done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.notify.notify_waiters();
+impl Budget {
+    fn add(&self, n: usize) {
+        self.bytes.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
     }
 
-    /// Waits until `n` publishes have completed.
-    pub async fn reached(&self, n: u64) {
+    fn done(&self, n: usize) {
+        self.bytes.fetch_sub(n, std::sync::atomic::Ordering::SeqCst);
+        self.room.notify_waiters();
+    }
+
+    /// Waits until fewer than `max` bytes are in flight.
+    async fn below(&self, max: usize) {
         loop {
-            let wait = self.notify.notified();
-            if self.done.load(std::sync::atomic::Ordering::SeqCst) >= n {
+            let room = self.room.notified();
+            if self.bytes.load(std::sync::atomic::Ordering::SeqCst) < max {
                 return;
             }
-            wait.await;
+            room.await;
         }
     }
 }
@@ -176,9 +189,10 @@ where
     shared.registry.connect(conn, peer);
     tracing::debug!(conn, %peer, "connection opened");
     let limits = &shared.config.limits;
-    let (slots_tx, slots_rx) = mpsc::channel(limits.max_inflight);
+    let (slots_tx, slots_rx) = mpsc::channel::<(Slot, usize)>(limits.max_inflight);
     let (push_tx, push_rx) = mpsc::channel(256);
     let answered = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let budget = Arc::new(Budget::default());
     let out = Out {
         w: writer,
         buf: Vec::new(),
@@ -186,6 +200,7 @@ where
         conn,
         peer,
         answered: answered.clone(),
+        budget: budget.clone(),
     };
     let write = tokio::spawn(write_loop(out, slots_rx, push_rx));
     let mut s = Session {
@@ -198,10 +213,11 @@ where
         user: None,
         slots: slots_tx,
         pushes: push_tx,
-        writes_started: 0,
-        writes: Arc::default(),
+        writes: Default::default(),
         queued: 0,
         answered,
+        budget,
+        consumes: Arc::new(tokio::sync::Semaphore::new(CONSUME_PERMITS as usize)),
         reader_done: watch::channel(false).0,
     };
     s.read_loop(reader).await;
@@ -212,9 +228,12 @@ where
     for (_, sub) in s.subs.drain() {
         sub.stop().await;
     }
-    let consumer = s.consumer;
+    let (consumer, consumes) = (s.consumer, s.consumes.clone());
     drop(s);
     let _ = write.await;
+    // A consume the writer no longer waits for may still be running on the
+    // blocking pool; its leases must be released too.
+    let _ = consumes.acquire_many(CONSUME_PERMITS).await;
     release(&shared, consumer).await;
     shared.registry.disconnect(conn);
     tracing::debug!(conn, %peer, "connection closed");
@@ -244,7 +263,7 @@ impl Session {
                 match framer.next_line() {
                     Ok(Some(line)) => {
                         handled = true;
-                        if !self.handle(&line).await {
+                        if !self.room(limits.max_inflight_bytes).await || !self.handle(&line).await {
                             return;
                         }
                     }
@@ -252,7 +271,7 @@ impl Session {
                     Err(e) => {
                         tracing::warn!(conn = self.conn, peer = %self.peer, max = e.max, "request line too long; closing");
                         let err = WireError::new(ErrorCode::FrameTooLarge, e.to_string());
-                        self.send(Slot::Last(Reply::error(None, &err))).await;
+                        self.send(Slot::Last(Reply::error(None, &err)), 0).await;
                         return;
                     }
                 }
@@ -285,7 +304,7 @@ impl Session {
                 _ = sleep_until(line_deadline), if line_deadline.is_some() => {
                     tracing::warn!(conn = self.conn, peer = %self.peer, partial = framer.partial(), "request line not completed in time; closing");
                     let err = WireError::new(ErrorCode::Timeout, format!("request line not completed within line_timeout_ms ({} ms)", limits.line_timeout_ms));
-                    self.send(Slot::Last(Reply::error(None, &err))).await;
+                    self.send(Slot::Last(Reply::error(None, &err)), 0).await;
                     return;
                 }
                 _ = sleep_until(idle_deadline), if idle_deadline.is_some() => {
@@ -302,30 +321,64 @@ impl Session {
         }
     }
 
+    /// Waits while the connection has `max` bytes in flight; `false` if
+    /// the connection is closing meanwhile.
+    async fn room(&self, max: usize) -> bool {
+        tokio::select! {
+            _ = self.budget.below(max) => true,
+            _ = self.slots.closed() => false,
+            _ = self.shared.shutting_down() => false,
+        }
+    }
+
     /// Handles one line; `false` when the connection must close.
     async fn handle(&mut self, line: &[u8]) -> bool {
+        let cost = line.len();
         match parse(line) {
             Parsed::Request { id, request } => {
                 let slot = self.execute(id, request).await;
-                self.send(slot).await
+                self.send(slot, cost).await
             }
             Parsed::Invalid { id, error } => {
                 tracing::debug!(conn = self.conn, peer = %self.peer, code = %error.code, error = %error.message, "bad request");
-                self.send(Slot::Ready(Reply::error(id.as_ref(), &error))).await
+                self.send(Slot::Ready(Reply::error(id.as_ref(), &error)), cost).await
             }
             Parsed::Legacy(l) => {
                 let reply = self.legacy(l).await;
-                self.send(Slot::Last(reply)).await;
+                self.send(Slot::Last(reply), cost).await;
+                false
+            }
+            Parsed::LegacyInvalid { operation, queue, error } => {
+                let reply = gmq_protocol::legacy_reply(
+                    &operation,
+                    &queue,
+                    "",
+                    Some(&format!("{}: {}", error.code, error.message)),
+                );
+                self.send(Slot::Last(reply), cost).await;
                 false
             }
         }
     }
 
-    /// Queues a reply; `false` if the writer is gone.
-    pub(crate) async fn send(&mut self, slot: Slot) -> bool {
+    /// Queues a reply; `cost` is the bytes of its request. `false` if the
+    /// writer is gone or the slot was the last.
+    pub(crate) async fn send(&mut self, slot: Slot, cost: usize) -> bool {
         let last = matches!(slot, Slot::Last(_));
+        let cost = cost
+            + match &slot {
+                Slot::Ready(b) | Slot::Then(b, _) | Slot::Last(b) => b.len(),
+                Slot::Wait(_) => 0,
+            };
         self.queued += 1;
-        self.slots.send(slot).await.is_ok() && !last
+        self.budget.add(cost);
+        match self.slots.send((slot, cost)).await {
+            Ok(()) => !last,
+            Err(_) => {
+                self.budget.done(cost);
+                false
+            }
+        }
     }
 }
 
@@ -355,6 +408,7 @@ struct Out<W> {
     peer: SocketAddr,
     /// Replies written (pushes not counted).
     answered: Arc<std::sync::atomic::AtomicU64>,
+    budget: Arc<Budget>,
 }
 
 impl<W: AsyncWrite + Unpin> Out<W> {
@@ -386,9 +440,10 @@ impl<W: AsyncWrite + Unpin> Out<W> {
         }
     }
 
-    /// Queues a reply.
-    async fn reply(&mut self, b: &[u8]) -> bool {
+    /// Queues a reply; its request's `cost` leaves the budget.
+    async fn reply(&mut self, b: &[u8], cost: usize) -> bool {
         self.answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.budget.done(cost);
         self.put(b).await
     }
 
@@ -413,21 +468,22 @@ impl<W: AsyncWrite + Unpin> Out<W> {
 /// The writer: replies in slot order, pushes in between, writes batched.
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut out: Out<W>,
-    mut slots: mpsc::Receiver<Slot>,
+    mut slots: mpsc::Receiver<(Slot, usize)>,
     mut pushes: mpsc::Receiver<Push>,
 ) {
-    let mut head: Option<ReplyFuture> = None;
+    let mut head: Option<(ReplyFuture, usize)> = None;
     let mut slots_open = true;
     let mut pushes_open = true;
     let mut last = false;
     'run: loop {
         // Everything that is ready now goes into one write.
         loop {
-            if let Some(f) = head.as_mut() {
+            if let Some((f, cost)) = head.as_mut() {
                 match poll_now(f) {
                     Some(b) => {
+                        let cost = *cost;
                         head = None;
-                        if !out.reply(&b).await {
+                        if !out.reply(&b, cost).await {
                             break 'run;
                         }
                     }
@@ -464,9 +520,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             break;
         }
         tokio::select! {
-            b = async { head.as_mut().expect("guarded").await }, if head.is_some() => {
-                head = None;
-                if !out.reply(&b).await {
+            b = async { head.as_mut().expect("guarded").0.as_mut().await }, if head.is_some() => {
+                let cost = head.take().map_or(0, |h| h.1);
+                if !out.reply(&b, cost).await {
                     break;
                 }
             }
@@ -495,25 +551,25 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 }
 
 async fn take<W: AsyncWrite + Unpin>(
-    slot: Slot,
-    head: &mut Option<ReplyFuture>,
+    (slot, cost): (Slot, usize),
+    head: &mut Option<(ReplyFuture, usize)>,
     out: &mut Out<W>,
     last: &mut bool,
 ) -> bool {
     match slot {
-        Slot::Ready(b) => out.reply(&b).await,
+        Slot::Ready(b) => out.reply(&b, cost).await,
         Slot::Wait(f) => {
-            *head = Some(f);
+            *head = Some((f, cost));
             true
         }
         Slot::Then(b, tx) => {
-            let ok = out.reply(&b).await;
+            let ok = out.reply(&b, cost).await;
             let _ = tx.send(());
             ok
         }
         Slot::Last(b) => {
             *last = true;
-            out.reply(&b).await
+            out.reply(&b, cost).await
         }
     }
 }

@@ -87,9 +87,12 @@ pub struct Push {
 }
 
 impl Push {
-    /// Whether its subscription ended before the frame was written.
+    /// Whether the frame is to be dropped: its manual-ack subscription
+    /// ended before it was written (the message went back to the group).
+    /// Auto-ack frames are always written: those messages are already done
+    /// for the group, so dropping one would lose it.
     pub fn cancelled(&self) -> bool {
-        self.sub.as_ref().is_some_and(|s| s.ended.load(Ordering::SeqCst))
+        self.sub.as_ref().is_some_and(|s| s.manual && s.ended.load(Ordering::SeqCst))
     }
 
     /// The writer queued the frame for the socket.
@@ -110,15 +113,35 @@ pub struct Sub {
     pub state: Arc<SubState>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    pushes: mpsc::Sender<Push>,
 }
 
 impl Sub {
     /// Stops the subscription and waits until its leases are back in the
-    /// group.
+    /// group and (auto ack) every message it took is handed to the writer,
+    /// so the `unsubscribe` reply comes after them. A writer that is gone
+    /// ends the wait.
     pub async fn stop(self) {
         self.state.ended.store(true, Ordering::SeqCst);
         let _ = self.stop.send(true);
         let _ = self.task.await;
+        if !self.state.manual {
+            loop {
+                let written = self.state.credit.notified();
+                if self.state.unwritten.load(Ordering::SeqCst) == 0 {
+                    break;
+                }
+                tokio::select! {
+                    _ = written => {}
+                    _ = self.pushes.closed() => break,
+                }
+            }
+        }
+    }
+
+    /// Whether it ended by itself (an error).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
     }
 }
 
@@ -149,8 +172,8 @@ pub fn start(shared: Arc<Shared>, spec: SubSpec, pushes: mpsc::Sender<Push>, sta
         ended: std::sync::atomic::AtomicBool::new(false),
     });
     let (stop, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(run(shared, spec, state.clone(), pushes, started, stop_rx));
-    Sub { state, stop, task }
+    let task = tokio::spawn(run(shared, spec, state.clone(), pushes.clone(), started, stop_rx));
+    Sub { state, stop, task, pushes }
 }
 
 async fn stopped(rx: &mut watch::Receiver<bool>) {
@@ -178,7 +201,13 @@ async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let consumer: ConsumerId = shared.next_id();
-    if started.await.is_ok() {
+    // Nothing is pushed before the reply is written; an unsubscribe (or the
+    // connection closing) before that ends the subscription at once.
+    let started = tokio::select! {
+        r = started => r.is_ok(),
+        _ = stopped(&mut stop) => false,
+    };
+    if started {
         if let Err(e) = deliver(&shared, &spec, &state, consumer, &pushes, &mut stop).await {
             tracing::warn!(queue = %spec.queue, group = %spec.group, sub = %spec.id, code = %e.code, error = %e.message, "subscription ended by an error");
             let frame = json!({ "sub": spec.id, "error": { "code": e.code.as_str(), "message": e.message } });
@@ -218,22 +247,31 @@ async fn deliver(
             continue;
         }
         let (signal, seen) = crate::ops::signal_of(&shared.engine, &spec.queue)?;
-        let opts = ConsumeOptions { max: credit, ack: spec.ack, events: spec.events.clone(), from: spec.from };
+        let opts = ConsumeOptions {
+            max: credit,
+            max_bytes: shared.config.limits.max_inflight_bytes,
+            ack: spec.ack,
+            events: spec.events.clone(),
+            from: spec.from,
+        };
         let engine = shared.engine.clone();
         let (queue, group) = (spec.queue.clone(), spec.group.clone());
-        let got = tokio::task::spawn_blocking(move || engine.consume(&queue, &group, consumer, &opts))
-            .await
-            .map_err(|e| WireError::new(ErrorCode::Storage, format!("internal error: {e}")))?
-            .map_err(|e| wire_error(&e))?
-            .await
-            .map_err(|e| wire_error(&e))?;
+        let (pending, next_deadline) = tokio::task::spawn_blocking(move || {
+            let p = engine.consume(&queue, &group, consumer, &opts)?;
+            let next = engine.get(&queue)?.and_then(|q| q.next_deadline(&group));
+            Ok::<_, gmq_engine::Error>((p, next))
+        })
+        .await
+        .map_err(|e| WireError::new(ErrorCode::Storage, format!("internal error: {e}")))?
+        .map_err(|e| wire_error(&e))?;
+        let got = pending.await.map_err(|e| wire_error(&e))?;
         if got.is_empty() {
-            let deadline = shared.engine.get(&spec.queue).ok().flatten().and_then(|q| q.next_deadline(&spec.group));
             tokio::select! {
-                _ = signal.changed(seen) => {}
-                _ = until(deadline.map(|d| instant_of(d, clock.now_ms()))) => {}
+                biased;
                 _ = stopped(stop) => return Ok(()),
                 _ = shared.shutting_down() => return Ok(()),
+                _ = signal.changed(seen) => {}
+                _ = tokio::time::sleep_until(crate::ops::recheck_at(next_deadline)) => {}
             }
             continue;
         }
@@ -246,9 +284,16 @@ async fn deliver(
                 state.unwritten.fetch_add(1, Ordering::SeqCst);
             }
             let push = Push { frame: push_frame(&spec.id, &delivered(d)), sub: Some(state.clone()) };
-            tokio::select! {
-                r = pushes.send(push) => if r.is_err() { return Ok(()) },
-                _ = stopped(stop) => return Ok(()),
+            if state.manual {
+                // Unsent manual deliveries go back to the group on release.
+                tokio::select! {
+                    r = pushes.send(push) => if r.is_err() { return Ok(()) },
+                    _ = stopped(stop) => return Ok(()),
+                }
+            } else if pushes.send(push).await.is_err() {
+                // Auto-acked: every message taken is sent, unless the writer
+                // is gone (the client with it).
+                return Ok(());
             }
         }
     }

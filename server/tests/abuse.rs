@@ -127,17 +127,6 @@ async fn write_ignoring_errors(w: &mut OwnedWriteHalf, b: &[u8]) {
     let _ = w.write_all(b).await;
 }
 
-/// Connects with a tiny receive buffer, so that a client that does not read
-/// fills up quickly.
-async fn connect_small_buffer(s: &TestServer) -> Client {
-    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
-    sock.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-    let stream = sock.connect(s.addr).await.expect("connect");
-    stream.set_nodelay(true).expect("nodelay");
-    let (r, w) = stream.into_split();
-    Client { r: BufReader::new(r), w }
-}
-
 // ------------------------------------------------------------- bad JSON
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -698,7 +687,7 @@ async fn a_subscriber_that_never_reads_is_cut_off() {
     })
     .await;
     let kept = seed(&s).await;
-    let mut lazy = connect_small_buffer(&s).await;
+    let mut lazy = s.connect_small_buffer().await;
     let r = lazy.ok(json!({"op":"subscribe","queue":"flood","id":"sub"})).await;
     assert!(r["sub"].is_string(), "{r}");
     // Far more than the socket buffers hold, published by someone else.
@@ -738,7 +727,7 @@ async fn a_subscriber_that_never_reads_is_cut_off() {
 async fn a_client_that_never_reads_its_replies_is_cut_off() {
     let s = TestServer::start_with(|c| c.limits.write_timeout_ms = 300).await;
     let kept = seed(&s).await;
-    let Client { r, mut w } = connect_small_buffer(&s).await;
+    let Client { r, mut w } = s.connect_small_buffer().await;
     // Pipelines pings and never reads a reply; the server must stop reading
     // (backpressure), then give up on it rather than buffer without bound.
     let t0 = Instant::now();

@@ -63,6 +63,17 @@ impl TestServer {
         Client::connect(self.addr).await
     }
 
+    /// Connects with a tiny receive buffer, so that a client that does not
+    /// read fills up quickly.
+    pub async fn connect_small_buffer(&self) -> Client {
+        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+        sock.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        let stream = sock.connect(self.addr).await.expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        let (r, w) = stream.into_split();
+        Client { r: BufReader::new(r), w }
+    }
+
     /// Graceful shutdown (as SIGTERM); returns the serve result.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         self.stop_in_place().await
