@@ -137,7 +137,7 @@ impl LineFramer {
 
     fn take_line(&mut self) -> Result<Option<Bytes>, FrameTooLarge> {
         let fresh = &self.buf[self.scanned..];
-        if let Some(i) = fresh.iter().position(|&b| b == b'\n') {
+        if let Some(i) = memchr::memchr(b'\n', fresh) {
             let end = self.scanned + i;
             if end > self.max {
                 return Err(FrameTooLarge { max: self.max });
