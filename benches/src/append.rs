@@ -14,6 +14,12 @@
 //!   tokio runtime, each awaiting its append before issuing the next — the
 //!   closed loop as the server runs it. Completion wakes a task (a queue
 //!   push) instead of a thread (a futex wake and a context switch each).
+//! - **pipelined async tasks** ([`Load::PipelinedTasks`]): `n` tasks on one
+//!   current-thread tokio runtime, each keeping up to `window` publishes in
+//!   flight and awaiting the oldest first — what `n` server connections with
+//!   `window` pipelined requests each ask of the engine (`Queue::publish` of
+//!   one message, completions seen in request order). `server-bench` runs it
+//!   as the bare-engine reference for the server's overhead.
 //!
 //! Every cell opens a fresh engine in a fresh directory, appends to one
 //! queue for `warmup + duration`, and counts only the appends that complete
@@ -29,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use bytes::Bytes;
-use gmq_engine::{Append, Engine, EngineConfig, FsyncPolicy, LogConfig, Message, QueueLog};
+use gmq_engine::{Append, Engine, EngineConfig, FsyncPolicy, LogConfig, Message, Pending, Published, Queue, QueueLog};
 use serde::Serialize;
 
 use crate::latency::{Latency, LatencySummary};
@@ -56,6 +62,14 @@ pub enum Load {
         /// Appender tasks.
         tasks: usize,
     },
+    /// This many async tasks on one current-thread tokio runtime, each with
+    /// up to `window` one-message publishes in flight, awaited oldest first.
+    PipelinedTasks {
+        /// Publisher tasks.
+        tasks: usize,
+        /// Publishes in flight per task at most.
+        window: usize,
+    },
 }
 
 impl Load {
@@ -65,6 +79,7 @@ impl Load {
             Load::Closed { appenders } => appenders.to_string(),
             Load::Pipelined { window } => format!("1 (window {window})"),
             Load::Tasks { tasks } => format!("{tasks} tasks"),
+            Load::PipelinedTasks { tasks, window } => format!("{tasks} tasks × {window} in flight"),
         }
     }
 }
@@ -161,7 +176,8 @@ pub fn run_cell(cell: &Cell, settings: &Settings) -> Result<CellResult> {
     cfg.checkpoint_bytes = settings.log.checkpoint_bytes;
     cfg.committer_threads = settings.committer_threads;
     let engine = Engine::open(cfg).context("opening the engine")?;
-    let q = engine.queue("bench").context("creating the queue")?.log().clone();
+    let queue = engine.queue("bench").context("creating the queue")?;
+    let q = queue.log().clone();
     let msg = Message::new(Bytes::from(vec![0x5a_u8; cell.payload]));
     let record_bytes = gmq_engine::format::encoded_len(&msg).map_err(|e| anyhow!("payload does not fit: {e}"))?;
 
@@ -171,9 +187,11 @@ pub fn run_cell(cell: &Cell, settings: &Settings) -> Result<CellResult> {
         Load::Closed { appenders } => closed(&q, &msg, appenders, settings)?,
         Load::Pipelined { window } => pipelined(&q, &msg, window, settings)?,
         Load::Tasks { tasks: n } => tasks(&q, &msg, n, settings)?,
+        Load::PipelinedTasks { tasks: n, window } => pipelined_tasks(&queue, &msg, n, window, settings)?,
     };
     let cpu = before.until(&CpuSample::now(), cpus);
     drop(q);
+    drop(queue);
     engine.close().context("closing the engine")?;
     dir.close().context("removing the data directory")?;
 
@@ -332,6 +350,69 @@ fn tasks(q: &Arc<QueueLog>, msg: &Message, n: usize, s: &Settings) -> Result<(u6
     })
 }
 
+fn pipelined_tasks(
+    q: &Arc<Queue>,
+    msg: &Message,
+    n: usize,
+    window: usize,
+    s: &Settings,
+) -> Result<(u64, Latency, f64)> {
+    let cap = window.max(1);
+    let rt = tokio::runtime::Builder::new_current_thread().build().context("starting a tokio runtime")?;
+    rt.block_on(async {
+        let w = Window::starting_now(s);
+        let handles: Vec<_> = (0..n.max(1))
+            .map(|_| {
+                let (q, batch) = (q.clone(), [msg.clone()]);
+                tokio::spawn(async move {
+                    let mut lat = Latency::new();
+                    let mut count = 0u64;
+                    let mut inflight: VecDeque<(Instant, Pending<Published>)> = VecDeque::with_capacity(cap);
+                    loop {
+                        let now = Instant::now();
+                        if now >= w.end {
+                            break;
+                        }
+                        while inflight.len() < cap {
+                            inflight.push_back((now, q.publish(&batch).context("publish")?));
+                        }
+                        // The oldest first, as a connection's replies go out
+                        // in request order; then every later one already done.
+                        let Some((issued, p)) = inflight.pop_front() else { break };
+                        p.await.context("publish completion")?;
+                        let done = Instant::now();
+                        let mut seen = |issued: Instant| {
+                            if w.counts(done) {
+                                count += 1;
+                                lat.record(done - issued);
+                            }
+                        };
+                        seen(issued);
+                        while inflight.front().is_some_and(|(_, p)| p.is_done()) {
+                            let Some((issued, p)) = inflight.pop_front() else { break };
+                            p.await.context("publish completion")?;
+                            seen(issued);
+                        }
+                    }
+                    // Whatever is still in flight completes after the window.
+                    for (_, p) in inflight {
+                        p.await.context("publish completion")?;
+                    }
+                    Ok::<_, anyhow::Error>((count, lat))
+                })
+            })
+            .collect();
+        let mut total = 0;
+        let mut lat = Latency::new();
+        for h in handles {
+            let (c, l) = h.await.context("a publisher task failed")??;
+            total += c;
+            lat.merge(&l);
+        }
+        Ok((total, lat, s.duration.as_secs_f64()))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,6 +447,18 @@ mod tests {
         assert!(r.records > 0, "{r:?}");
         assert_eq!(r.latency.count, r.records);
         assert_eq!(cell.label(), "never / 1 KiB / 1 (window 64)");
+        Ok(())
+    }
+
+    #[test]
+    fn pipelined_task_cells_keep_publishes_in_flight() -> Result<()> {
+        let (_base, s) = quick()?;
+        let cell =
+            Cell { policy: FsyncPolicy::Always, payload: 1024, load: Load::PipelinedTasks { tasks: 4, window: 64 } };
+        let r = run_cell(&cell, &s)?;
+        assert!(r.records > 0, "{r:?}");
+        assert_eq!(r.latency.count, r.records);
+        assert_eq!(cell.label(), "always / 1 KiB / 4 tasks × 64 in flight");
         Ok(())
     }
 

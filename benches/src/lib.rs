@@ -6,7 +6,11 @@
 //!   (fdatasync latency, sequential durable bandwidth), with the exact
 //!   command line so a report can print it.
 //! - [`latency`]: an HDR histogram of latencies in nanoseconds.
+//! - [`load`]: the end-to-end load generator, a client of a running
+//!   `gmq-server` over TCP (publish, consume + ack, fixed-rate end-to-end
+//!   latency).
 //! - [`machine`]: what the machine is (CPUs, kernel, filesystem, load).
+//! - [`process`]: a `gmq-server` child process that is never left behind.
 //! - [`stats`]: medians and spreads over repeated runs.
 //! - [`table`]: markdown tables and number formatting.
 //!
@@ -17,7 +21,10 @@
 pub mod append;
 pub mod fio;
 pub mod latency;
+pub mod load;
 pub mod machine;
+pub mod process;
+pub mod report;
 pub mod stats;
 pub mod table;
 
@@ -53,20 +60,23 @@ pub fn size_label(bytes: u64) -> String {
     format!("{bytes} B")
 }
 
+/// Runs `git` in the repository this crate is in; its trimmed output, if
+/// it succeeded.
+pub fn git(args: &[&str]) -> Option<String> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent()?;
+    std::process::Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(args)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+}
+
 /// The commit this crate's source tree is at, and whether the engine had
 /// uncommitted changes (the figures then belong to that working tree).
 pub fn engine_version() -> Option<String> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent()?;
-    let git = |args: &[&str]| {
-        std::process::Command::new("git")
-            .arg("-C")
-            .arg(root)
-            .args(args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-    };
     let head = git(&["log", "-1", "--format=%h %s"])?;
     let dirty = git(&["status", "--porcelain", "--", "engine"]).is_some_and(|s| !s.is_empty());
     Some(format!("commit {head}{}", if dirty { " (plus uncommitted changes under engine/)" } else { "" }))

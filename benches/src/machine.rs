@@ -205,6 +205,34 @@ impl CpuSample {
     }
 }
 
+impl CpuSample {
+    /// Use between `self` (earlier) and `later`, over `cpus` CPUs, with a
+    /// child process that used `child_ticks` (see [`process_ticks`]) in the
+    /// meantime counted apart: it is left out of `others_cpus`, and returned
+    /// as the CPUs it kept busy.
+    pub fn until_with_child(&self, later: &CpuSample, cpus: usize, child_ticks: u64) -> (CpuUse, f64) {
+        let mut u = self.until(later, cpus);
+        let total = later.total.saturating_sub(self.total);
+        if total == 0 {
+            return (u, 0.0);
+        }
+        let child = child_ticks as f64 / (total as f64 / cpus.max(1) as f64);
+        u.others_cpus = (u.others_cpus - child).max(0.0);
+        (u, child)
+    }
+}
+
+/// CPU time (user + system, in clock ticks, as `/proc/stat` counts) that
+/// process `pid` has used so far; `None` once it is gone.
+pub fn process_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    // utime and stime are the 14th and 15th fields of the line: the 12th and
+    // 13th after the command name.
+    let f: Vec<u64> = rest.split_whitespace().skip(11).take(2).filter_map(|v| v.parse().ok()).collect();
+    (f.len() == 2).then(|| f[0] + f[1])
+}
+
 /// Waits, one second at a time and at most `limit`, until other processes
 /// keep at most `max_others` CPUs busy. Returns how long it waited.
 pub fn wait_quiet(max_others: f64, limit: std::time::Duration, cpus: usize) -> std::time::Duration {
@@ -265,6 +293,24 @@ mod tests {
         let u = a.until(&CpuSample::now(), m.cpus);
         assert!(u.own_cpus > 0.3, "{u:?}");
         assert!(u.others_cpus >= 0.0 && u.steal_pct >= 0.0, "{u:?}");
+    }
+
+    #[test]
+    fn child_ticks_are_counted_apart() {
+        let me = process_ticks(std::process::id()).expect("our own /proc/PID/stat");
+        let a = CpuSample::now();
+        let t = std::time::Instant::now();
+        let mut x = 0u64;
+        while t.elapsed() < std::time::Duration::from_millis(200) {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        }
+        std::hint::black_box(x);
+        let b = CpuSample::now();
+        let used = process_ticks(std::process::id()).unwrap_or(0) - me;
+        assert!(used > 0);
+        let (u, child) = a.until_with_child(&b, 1, used);
+        assert!(child > 0.0 && u.others_cpus >= 0.0, "{u:?} {child}");
+        assert_eq!(process_ticks(u32::MAX), None);
     }
 
     #[test]

@@ -31,7 +31,8 @@ use clap::{Args, Parser, Subcommand};
 use gmq_benches::fio::shell_quote;
 use gmq_benches::latency::{Latency, LatencySummary};
 use gmq_benches::machine::{load_average, runs_table, wait_quiet, CpuSample, CpuUse, MachineInfo, RunLoad};
-use gmq_benches::stats::{median, Spread};
+use gmq_benches::report::{range, spread, verdict};
+use gmq_benches::stats::median;
 use gmq_benches::table::{grouped, latency_us, pct, sig3, Align, Table};
 use gmq_benches::{engine_version, parse_size, policy_label, size_label};
 use gmq_engine::{AckMode, ConsumeOptions, Engine, EngineConfig, FsyncPolicy, Message, Pending, Queue, QueueSpec};
@@ -290,20 +291,6 @@ fn header(o: &mut String, title: &str, command: &str, machine: &MachineInfo) {
     if let Some(v) = engine_version() {
         let _ = writeln!(o, "- engine: {v}");
     }
-}
-
-/// One figure over every run that has it.
-fn spread<T>(items: &[T], f: impl Fn(&T) -> Option<f64>) -> Option<Spread> {
-    let xs: Vec<f64> = items.iter().filter_map(f).collect();
-    (!xs.is_empty()).then(|| Spread::of(&xs))
-}
-
-fn range(s: &Spread, fmt: impl Fn(f64) -> String) -> String {
-    format!("{} – {}", fmt(s.min), fmt(s.max))
-}
-
-fn verdict(ok: bool) -> String {
-    if ok { "yes" } else { "**no**" }.into()
 }
 
 // ---------------------------------------------------------------- consume

@@ -17,6 +17,7 @@ use clap::Parser;
 use gmq_benches::append::{run_cell, Cell, CellResult, Load, Settings};
 use gmq_benches::fio::{shell_quote, FioJob, FioResult};
 use gmq_benches::machine::{load_average, runs_table, wait_quiet, CpuSample, CpuUse, MachineInfo, RunLoad};
+use gmq_benches::report::{range, verdict};
 use gmq_benches::stats::{median, Spread};
 use gmq_benches::table::{grouped, latency_us, pct, sig3, Align, Table};
 use gmq_benches::{engine_version, parse_size, policy_label, size_label};
@@ -325,10 +326,6 @@ fn over_runs(runs: &[Run], f: impl Fn(&Run) -> Option<f64>) -> Option<Spread> {
     (!xs.is_empty()).then(|| Spread::of(&xs))
 }
 
-fn range(s: &Spread, fmt: impl Fn(f64) -> String) -> String {
-    format!("{} – {}", fmt(s.min), fmt(s.max))
-}
-
 fn render(
     command: &str,
     machine: &MachineInfo,
@@ -485,6 +482,7 @@ fn load_words(load: Load) -> String {
         Load::Pipelined { window } => format!("1 thread, window {window}"),
         Load::Tasks { tasks: 1 } => "1 task".into(),
         Load::Tasks { tasks } => format!("{tasks} tasks"),
+        Load::PipelinedTasks { tasks, window } => format!("{tasks} tasks, window {window} each"),
     }
 }
 
@@ -543,10 +541,6 @@ struct Target {
     name: String,
     measured: String,
     verdict: String,
-}
-
-fn verdict(ok: bool) -> String {
-    if ok { "yes" } else { "**no**" }.into()
 }
 
 fn targets(runs: &[Run], ratios: &[Ratio]) -> Vec<Target> {
