@@ -50,6 +50,14 @@ pub fn delivered(d: &Delivery) -> Delivered<'_> {
     }
 }
 
+/// The engine's ack mode for the wire's.
+pub fn ack_mode(a: gmq_protocol::AckMode) -> gmq_engine::AckMode {
+    match a {
+        gmq_protocol::AckMode::Auto => gmq_engine::AckMode::Auto,
+        gmq_protocol::AckMode::Manual => gmq_engine::AckMode::Manual,
+    }
+}
+
 /// Where a group starts.
 pub fn start(f: request::Start) -> StartFrom {
     match f {

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use gmq_engine::signal::Signal;
-use gmq_engine::{AckMode, Completion, ConsumeOptions, Delivery, Engine, Error, Queue};
+use gmq_engine::{Completion, ConsumeOptions, Delivery, Engine, Error, Queue};
 use gmq_protocol::{
     legacy_reply, reply::encode_payload, Consume, ErrorCode, Id, LegacyRequest, Reply, Request, WireError, WireMessage,
     PROTOCOL_VERSION,
@@ -90,10 +90,10 @@ pub(crate) struct Consumed {
     pub(crate) next_deadline: Option<u64>,
 }
 
-/// Consumes once on the blocking pool (holding one of `running`'s permits
-/// until the engine call returns), waiting for the group's state to be
-/// stored when the ack is automatic.
-pub(crate) async fn consume_once(
+/// Consumes once for a `consume` request, holding one of `running`'s
+/// permits until the engine call returns (the connection releases its
+/// leases only once none is held).
+async fn consume_request(
     shared: &Arc<Shared>,
     running: &Arc<tokio::sync::Semaphore>,
     consumer: u64,
@@ -106,22 +106,39 @@ pub(crate) async fn consume_once(
     let opts = ConsumeOptions {
         max: usize::try_from(c.max).unwrap_or(usize::MAX).min(shared.config.limits.max_batch),
         max_bytes: shared.config.limits.max_inflight_bytes,
-        ack: match c.ack {
-            gmq_protocol::AckMode::Auto => AckMode::Auto,
-            gmq_protocol::AckMode::Manual => AckMode::Manual,
-        },
+        ack: convert::ack_mode(c.ack),
         events: c.events.clone(),
         from: c.from.map(convert::start),
     };
-    let (q, g) = (c.queue.clone(), c.group.clone());
+    let r = consume_once(shared, consumer, &c.queue, &c.group, opts).await;
+    drop(permit);
+    r
+}
+
+/// Consumes once on the blocking pool, then waits (without blocking) for
+/// the group's state to be stored when the ack is automatic; also returns
+/// the group's next deadline.
+pub(crate) async fn consume_once(
+    shared: &Arc<Shared>,
+    consumer: u64,
+    queue: &str,
+    group: &str,
+    opts: ConsumeOptions,
+) -> Res<Consumed> {
+    let (q, g) = (queue.to_owned(), group.to_owned());
     let (pending, next_deadline) = blocking(&shared.engine, move |e| {
         let p = e.consume(&q, &g, consumer, &opts)?;
         let next = e.get(&q)?.and_then(|q| q.next_deadline(&g));
-        drop(permit);
         Ok((p, next))
     })
     .await?;
     Ok(Consumed { got: pending.await.map_err(|e| wire_error(&e))?, next_deadline })
+}
+
+/// The instant of a wall-clock deadline (ms since the epoch).
+pub(crate) fn instant_of(deadline_ms: u64) -> Instant {
+    let now = gmq_engine::Clock::now_ms(&gmq_engine::SystemClock);
+    Instant::now() + std::time::Duration::from_millis(deadline_ms.saturating_sub(now))
 }
 
 /// When a waiting consumer should look again for messages that become due
@@ -131,10 +148,10 @@ pub(crate) async fn consume_once(
 /// for others cannot make the waiter spin.
 pub(crate) fn recheck_at(next_deadline: Option<u64>) -> Instant {
     const RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
-    let now = gmq_engine::Clock::now_ms(&gmq_engine::SystemClock);
+    let later = Instant::now() + RECHECK;
     match next_deadline {
-        Some(d) if d > now => Instant::now() + std::time::Duration::from_millis(d - now).min(RECHECK),
-        _ => Instant::now() + RECHECK,
+        Some(d) if d > gmq_engine::Clock::now_ms(&gmq_engine::SystemClock) => instant_of(d).min(later),
+        _ => later,
     }
 }
 
@@ -460,7 +477,7 @@ impl Session {
         }
         let deadline = Instant::now() + std::time::Duration::from_millis(c.wait_ms);
         let (mut signal, mut seen) = signal_of(&self.shared.engine, &c.queue)?;
-        let first = consume_once(&self.shared, &self.consumes, self.consumer, &c).await?;
+        let first = consume_request(&self.shared, &self.consumes, self.consumer, &c).await?;
         // Attached for `stats` once the queue exists, at most so many
         // (queue, group) pairs per connection.
         if self.consumed.len() < MAX_ATTACHED
@@ -495,7 +512,7 @@ impl Session {
                     Ok((s, g)) => (signal, seen) = (s, g),
                     Err(e) => return Reply::error(id.as_ref(), &e),
                 }
-                match consume_once(&shared, &running, consumer, &c).await {
+                match consume_request(&shared, &running, consumer, &c).await {
                     Ok(r) if !r.got.is_empty() || Instant::now() >= deadline => {
                         return messages_reply(id.as_ref(), &r.got);
                     }
@@ -523,10 +540,7 @@ impl Session {
             queue: c.queue.clone(),
             group: c.group.clone(),
             prefetch: usize::try_from(c.max).unwrap_or(usize::MAX).min(self.shared.config.limits.max_batch),
-            ack: match c.ack {
-                gmq_protocol::AckMode::Auto => AckMode::Auto,
-                gmq_protocol::AckMode::Manual => AckMode::Manual,
-            },
+            ack: convert::ack_mode(c.ack),
             events: c.events,
             from: c.from.map(convert::start),
         };
@@ -585,7 +599,7 @@ impl Session {
                     events: None,
                     from: None,
                 };
-                let r = consume_once(&self.shared, &self.consumes, self.consumer, &c).await?;
+                let r = consume_request(&self.shared, &self.consumes, self.consumer, &c).await?;
                 Ok(r.got.first().map(|d| encode_payload(&d.record.message.payload)).unwrap_or_default())
             }
             _ => {

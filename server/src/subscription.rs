@@ -19,18 +19,17 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use gmq_engine::{AckMode, Clock, ConsumeOptions, ConsumerId, SystemClock};
-use gmq_protocol::{push_frame, ErrorCode, WireError};
+use gmq_protocol::{push_frame, WireError};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
-use crate::convert::{delivered, wire_error};
-use crate::session::{release, Shared};
+use crate::convert::delivered;
+use crate::ops::{consume_once, Consumed};
+use crate::session::{release, sleep_until, Shared};
 
 /// What a subscription and its connection share.
 #[derive(Debug)]
@@ -180,18 +179,6 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
 }
 
-async fn until(deadline: Option<Instant>) {
-    match deadline {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The instant of a wall-clock deadline in ms since the epoch.
-fn instant_of(deadline_ms: u64, now_ms: u64) -> Instant {
-    Instant::now() + Duration::from_millis(deadline_ms.saturating_sub(now_ms))
-}
-
 async fn run(
     shared: Arc<Shared>,
     spec: SubSpec,
@@ -240,7 +227,7 @@ async fn deliver(
         if credit == 0 {
             tokio::select! {
                 _ = state.credit.notified() => {}
-                _ = until(next_expiry.map(|d| instant_of(d, now))) => {}
+                _ = sleep_until(next_expiry.map(crate::ops::instant_of)) => {}
                 _ = stopped(stop) => return Ok(()),
                 _ = shared.shutting_down() => return Ok(()),
             }
@@ -254,17 +241,7 @@ async fn deliver(
             events: spec.events.clone(),
             from: spec.from,
         };
-        let engine = shared.engine.clone();
-        let (queue, group) = (spec.queue.clone(), spec.group.clone());
-        let (pending, next_deadline) = tokio::task::spawn_blocking(move || {
-            let p = engine.consume(&queue, &group, consumer, &opts)?;
-            let next = engine.get(&queue)?.and_then(|q| q.next_deadline(&group));
-            Ok::<_, gmq_engine::Error>((p, next))
-        })
-        .await
-        .map_err(|e| WireError::new(ErrorCode::Storage, format!("internal error: {e}")))?
-        .map_err(|e| wire_error(&e))?;
-        let got = pending.await.map_err(|e| wire_error(&e))?;
+        let Consumed { got, next_deadline } = consume_once(shared, consumer, &spec.queue, &spec.group, opts).await?;
         if got.is_empty() {
             tokio::select! {
                 biased;

@@ -69,9 +69,10 @@ async fn a_long_poll_does_not_stall_the_pipeline_behind_it() {
 }
 
 /// A client that stops reading, pipelines a publish and a consume, then
-/// vanishes: its session ends and frees its connection slot (a read that
-/// waits for the connection's own publish must not wait on a reply the
-/// writer will never poll).
+/// vanishes: its session ends and frees its connection slot. A liveness
+/// check: this timing did not reproduce the stall review found (a read
+/// waiting on a publish reply the writer never polls), which is now
+/// impossible by construction (reads await the engine's appends).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vanished_client_frees_its_connection() {
     let s = TestServer::start_with(|c| {
