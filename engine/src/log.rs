@@ -558,9 +558,10 @@ impl QueueLog {
 
     /// Replaces sealed segment `base` with `bytes` (a compacted copy that
     /// keeps every offset it still holds): a new file is written and synced,
-    /// then renamed over the old one; its index is rebuilt on first read. A
+    /// then renamed over the old one. A
     /// crash leaves the old segment or the new one, never a mix; the leftover
-    /// temporary file is removed at the next open.
+    /// temporary file is removed at the next open. The new index is written
+    /// after the swap.
     pub fn replace_sealed(&self, base: u64, bytes: &[u8]) -> Result<()> {
         let _swap = self.sh.swap.write().unwrap_or_else(|e| e.into_inner());
         self.check_not_shut()?;
@@ -575,6 +576,10 @@ impl QueueLog {
         self.sh.env.files.forget(&seg);
         self.sh.env.vfs.write_atomic(&seg, bytes).map_err(self.sh.io("replacing a segment"))?;
         self.sh.env.files.forget(&seg);
+        // Derived, so not synced: a crash before it lands leaves no index,
+        // which is rebuilt on first read.
+        let entries = index_of_image(bytes);
+        let _ = self.sh.env.vfs.write_replace(&idx, &format::encode_index(base, bytes.len() as u64, &entries));
         self.sh.view_mut().sealed.insert(base, SealedSeg::new(bytes.len() as u64, None));
         Ok(())
     }
@@ -639,6 +644,23 @@ impl QueueLog {
         }
         let _ = self.gc.close();
     }
+}
+
+/// The index entries of a whole segment image (header included), up to the
+/// first bytes that are not a record.
+pub(crate) fn index_of_image(bytes: &[u8]) -> Vec<(u64, u64)> {
+    let mut entries = Vec::new();
+    let mut pos = SEGMENT_HEADER_LEN as usize;
+    while pos < bytes.len() {
+        match format::decode_record(&bytes[pos..]) {
+            Ok(r) => {
+                index_push(&mut entries, pos as u64, r.offset);
+                pos += r.size;
+            }
+            Err(_) => break,
+        }
+    }
+    entries
 }
 
 /// Adds an index entry when `pos` is at least an interval past the last one.

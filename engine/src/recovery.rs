@@ -602,11 +602,14 @@ fn verify_queue(vfs: &dyn Vfs, name: &str, dir: &Path, rep: &mut VerifyReport) -
         if let Some(o) = s.last_offset {
             min_offset = o + 1;
         }
+        let ip = dir.join(format::index_file_name(base));
         if l.indexes.contains(&base) {
-            let ip = dir.join(format::index_file_name(base));
             if let Some(problem) = check_index_file(vfs, &ip, f.as_ref(), base, len)? {
                 add(ip, None, FindingKind::Index, problem);
             }
+        } else if !active {
+            // Every sealed segment gets one when it is sealed or rewritten.
+            add(ip, None, FindingKind::Index, "index missing (the engine rebuilds it on first read)".into());
         }
     }
     if vfs.exists(&cp) {
@@ -666,6 +669,9 @@ pub fn repair(vfs: &dyn Vfs, data_dir: &Path, only: Option<&str>, dry_run: bool)
     let v = verify(vfs, data_dir, only)?;
     let mut rep = RepairReport::default();
     let mut touched_dirs = BTreeSet::new();
+    // Sealed segments whose index must be written anew: rewritten ones, and
+    // those whose index is missing or bad.
+    let mut reindex = BTreeSet::new();
     for f in &v.findings {
         let dir = crate::io::parent(&f.file).to_path_buf();
         match f.kind {
@@ -675,6 +681,7 @@ pub fn repair(vfs: &dyn Vfs, data_dir: &Path, only: Option<&str>, dry_run: bool)
                 }
                 touched_dirs.insert((dir.clone(), f.file.clone()));
                 rewrite_segment(vfs, &f.file, dry_run, &mut rep)?;
+                reindex.insert(f.file.clone());
                 // The index and the checkpoint no longer match the log.
                 for derived in [f.file.with_extension("idx"), dir.join(format::CHECKPOINT_FILE)] {
                     if vfs.exists(&derived) {
@@ -716,7 +723,16 @@ pub fn repair(vfs: &dyn Vfs, data_dir: &Path, only: Option<&str>, dry_run: bool)
             FindingKind::Settings => {
                 rep.actions.push(format!("cannot repair {}: restore it by hand ({})", f.file.display(), f.detail));
             }
-            FindingKind::Index | FindingKind::Checkpoint | FindingKind::Leftover => {
+            FindingKind::Index => {
+                reindex.insert(f.file.with_extension(&format::SEGMENT_SUFFIX[1..]));
+                if vfs.exists(&f.file) {
+                    rep.actions.push(format!("remove {} ({})", f.file.display(), f.detail));
+                    if !dry_run {
+                        vfs.remove_file(&f.file)?;
+                    }
+                }
+            }
+            FindingKind::Checkpoint | FindingKind::Leftover => {
                 if vfs.exists(&f.file) {
                     rep.actions.push(format!("remove {} ({})", f.file.display(), f.detail));
                     if !dry_run {
@@ -729,7 +745,37 @@ pub fn repair(vfs: &dyn Vfs, data_dir: &Path, only: Option<&str>, dry_run: bool)
             vfs.sync_dir(&dir)?;
         }
     }
+    for seg in reindex {
+        rebuild_index(vfs, &seg, dry_run, &mut rep)?;
+    }
     Ok(rep)
+}
+
+/// Writes the index of a sealed segment from its records (the active one's
+/// is rebuilt by the next open).
+fn rebuild_index(vfs: &dyn Vfs, seg: &Path, dry_run: bool, rep: &mut RepairReport) -> io::Result<()> {
+    let dir = crate::io::parent(seg);
+    let l = list(vfs, dir)?;
+    let name = seg.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let Some(base) = format::parse_file_name(name, format::SEGMENT_SUFFIX) else {
+        return Ok(());
+    };
+    if l.segments.last() == Some(&base) || !l.segments.contains(&base) {
+        return Ok(());
+    }
+    let idx = dir.join(format::index_file_name(base));
+    rep.actions.push(format!("write {} from the segment's records", idx.display()));
+    if dry_run {
+        return Ok(());
+    }
+    let f = vfs.open(seg, OpenMode::Read)?;
+    let len = f.len()?;
+    let mut entries = Vec::new();
+    let s = scan(f.as_ref(), SEGMENT_HEADER_LEN, len, base, |pos, r| index_push(&mut entries, pos, r.offset))?;
+    if s.stop.is_none() && s.valid_end == len {
+        vfs.write_atomic(&idx, &format::encode_index(base, len, &entries))?;
+    }
+    Ok(())
 }
 
 fn rewrite_segment(vfs: &dyn Vfs, path: &Path, dry_run: bool, rep: &mut RepairReport) -> io::Result<()> {
@@ -740,8 +786,6 @@ fn rewrite_segment(vfs: &dyn Vfs, path: &Path, dry_run: bool, rep: &mut RepairRe
     let f = vfs.open(path, OpenMode::Read)?;
     let len = f.len()?;
     let mut out = format::encode_segment_header(base, 0).to_vec();
-    let mut pos = SEGMENT_HEADER_LEN;
-    let mut min = base;
     let mut dropped = 0u64;
     let mut hdr = vec![0u8; len.min(SEGMENT_HEADER_LEN) as usize];
     f.read_exact_at(&mut hdr, 0)?;
@@ -750,25 +794,17 @@ fn rewrite_segment(vfs: &dyn Vfs, path: &Path, dry_run: bool, rep: &mut RepairRe
     }
     // (position, size, offset, batch continues) of every record kept.
     let mut keep: Vec<(u64, usize, u64, bool)> = Vec::new();
-    while pos < len {
-        let s = scan(f.as_ref(), pos, len, min, |p, r| keep.push((p, r.size, r.offset, r.batch_continues())))?;
-        if let Some(last) = keep.last() {
-            min = last.2 + 1;
-        }
-        let Some((at, reason)) = s.stop else { break };
-        match find_valid_after(f.as_ref(), at + 1, len, min)? {
-            Some(q) => {
-                rep.actions.push(format!("{}: drop bytes {at}..{q} ({reason})", path.display()));
-                dropped += q - at;
-                pos = q;
-            }
-            None => {
-                rep.actions.push(format!("{}: drop bytes {at}..{len} at the tail ({reason})", path.display()));
-                dropped += len - at;
-                break;
-            }
-        }
-    }
+    walk(
+        f.as_ref(),
+        len,
+        base,
+        |p, r| keep.push((p, r.size, r.offset, r.batch_continues())),
+        |at, end, reason| {
+            let tail = if end == len { " at the tail" } else { "" };
+            rep.actions.push(format!("{}: drop bytes {at}..{end}{tail} ({reason})", path.display()));
+            dropped += end - at;
+        },
+    )?;
     // Records of a batch that never completed, at the very end, were never
     // acknowledged (recovery would drop them too): the rewritten segment
     // ends with a complete batch.
@@ -791,6 +827,101 @@ fn rewrite_segment(vfs: &dyn Vfs, path: &Path, dry_run: bool, rep: &mut RepairRe
         vfs.write_atomic(path, &out)?;
     }
     Ok(())
+}
+
+/// Walks the records of a segment's body, resynchronising past damage as
+/// repair does: `on_record` sees each valid record (a record of a batch that
+/// never completed included), `on_damage` each unreadable byte range.
+fn walk(
+    f: &dyn VFile,
+    len: u64,
+    base: u64,
+    mut on_record: impl FnMut(u64, &RecordRef<'_>),
+    mut on_damage: impl FnMut(u64, u64, &str),
+) -> io::Result<()> {
+    let mut pos = SEGMENT_HEADER_LEN;
+    let mut min = base;
+    while pos < len {
+        let mut last = None;
+        let s = scan(f, pos, len, min, |p, r| {
+            last = Some(r.offset);
+            on_record(p, r);
+        })?;
+        if let Some(o) = last {
+            min = o + 1;
+        }
+        let Some((at, reason)) = s.stop else { break };
+        let resume = find_valid_after(f, at + 1, len, min)?;
+        let end = resume.unwrap_or(len);
+        on_damage(at, end, &reason);
+        match resume {
+            Some(q) => pos = q,
+            None => break,
+        }
+    }
+    Ok(())
+}
+
+/// What [`walk_segment`] finds in a segment file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SegmentItem {
+    /// A valid record at a byte position.
+    Record {
+        /// Byte position of the record in the file.
+        position: u64,
+        /// Whether the record continues a batch whose end is not written yet.
+        batch_continues: bool,
+        /// The record.
+        record: format::Record,
+    },
+    /// Bytes that are not valid records (`reason` says why decoding stopped).
+    Damage {
+        /// First damaged byte.
+        start: u64,
+        /// First byte after the damage (the next valid record or the end).
+        end: u64,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Reads a whole segment file for inspection and export, in order: every
+/// valid record, and every damaged range between them (past damage, reading
+/// resumes at the next record that checks out, as [`repair`] keeps it). A bad
+/// segment header is reported as damage at byte 0. Memory use is bounded by
+/// one chunk of the file; returns the file's length.
+pub fn walk_segment(vfs: &dyn Vfs, path: &Path, base: u64, mut visit: impl FnMut(SegmentItem)) -> io::Result<u64> {
+    let f = vfs.open(path, OpenMode::Read)?;
+    let len = f.len()?;
+    let mut h = vec![0u8; len.min(SEGMENT_HEADER_LEN) as usize];
+    f.read_exact_at(&mut h, 0)?;
+    if let Err(e) = format::decode_segment_header(&h, base) {
+        let reason = match e {
+            HeaderError::Missing => "segment header missing".to_owned(),
+            HeaderError::Bad(r) => r,
+        };
+        visit(SegmentItem::Damage { start: 0, end: len.min(SEGMENT_HEADER_LEN), reason });
+    }
+    // Both callbacks feed one visitor, in file order.
+    let visit = std::cell::RefCell::new(&mut visit);
+    walk(
+        f.as_ref(),
+        len,
+        base,
+        |position, r| {
+            let item = match r.to_record() {
+                Ok(record) => SegmentItem::Record { position, batch_continues: r.batch_continues(), record },
+                Err(e) => SegmentItem::Damage {
+                    start: position,
+                    end: position + r.size as u64,
+                    reason: format!("record fields do not parse: {e:?}"),
+                },
+            };
+            (visit.borrow_mut())(item);
+        },
+        |start, end, reason| (visit.borrow_mut())(SegmentItem::Damage { start, end, reason: reason.to_owned() }),
+    )?;
+    Ok(len)
 }
 
 /// Takes the data directory's lock, as the engine does on open, so offline

@@ -139,6 +139,20 @@ macro_rules! spec_fields {
 }
 
 impl QueueSpec {
+    /// A spec that gives every field of `s`, so a queue created from it has
+    /// exactly those settings (used to recreate a queue from an export).
+    pub fn exactly(s: &QueueSettings) -> QueueSpec {
+        let mut spec = QueueSpec::default();
+        macro_rules! set {
+            ($($plain:ident),*; $($opt:ident),*) => {
+                $(spec.$plain = Some(s.$plain.clone());)*
+                $(spec.$opt = s.$opt.clone();)*
+            };
+        }
+        spec_fields!(set);
+        spec
+    }
+
     /// `defaults` with the fields given here replaced.
     pub fn apply(&self, defaults: &QueueSettings) -> QueueSettings {
         let mut s = defaults.clone();
@@ -361,6 +375,12 @@ mod tests {
             ..QueueSettings::default()
         };
         assert_eq!(QueueSettings::decode(&s.encode(42)), Ok((s.clone(), 42)));
+        // A spec made from settings recreates them over defaults whose
+        // optional limits are unset (a spec cannot say "none").
+        let other =
+            QueueSettings { ack_timeout_ms: 5, segment_bytes: 8192, max_deliveries: 2, ..QueueSettings::default() };
+        assert_eq!(QueueSpec::exactly(&s).apply(&other), s);
+        assert_eq!(QueueSpec::exactly(&s).conflict(&s), None);
         let d = QueueSettings::default();
         assert_eq!(QueueSettings::decode(&d.encode(1)), Ok((d.clone(), 1)));
         assert!(QueueSettings::decode("version = 2\nincarnation = 1\n").is_err());

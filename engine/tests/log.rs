@@ -645,3 +645,60 @@ fn a_crash_after_a_flush_opens_without_scanning_or_syncing() {
     assert_eq!(engine.open_report().scanned_bytes, 0);
     engine.close().unwrap();
 }
+
+#[test]
+fn walk_segment_reads_past_damage_and_a_missing_index_is_reported_then_rebuilt() {
+    let fs = SimFs::new(21);
+    let mut cfg = sim_config(1);
+    cfg.defaults.segment_bytes = 4096;
+    {
+        let engine = open(&fs, &cfg);
+        let q = engine.queue("q").unwrap().log().clone();
+        for i in 0..60u8 {
+            q.append(&Message::new(vec![i; 200])).unwrap().wait().unwrap();
+        }
+        assert!(q.segment_count() > 2);
+    }
+    let victim = seg_path("q", 0);
+    let index = PathBuf::from("/data/queues/q/00000000000000000000.idx");
+    let original_index = fs.contents(&index).expect("sealed segments have an index");
+    let disk = clone_disk(&fs, 2, |p, mut d| {
+        if p == victim {
+            flip(&mut d, 600);
+        }
+        d
+    });
+    disk.remove_file(&index).unwrap();
+    let mut items = Vec::new();
+    recovery::walk_segment(&disk, &victim, 0, |i| items.push(i)).unwrap();
+    let damage: Vec<(u64, u64)> = items
+        .iter()
+        .filter_map(|i| match i {
+            recovery::SegmentItem::Damage { start, end, .. } => Some((*start, *end)),
+            _ => None,
+        })
+        .collect();
+    let offsets: Vec<u64> = items
+        .iter()
+        .filter_map(|i| match i {
+            recovery::SegmentItem::Record { record, .. } => Some(record.offset),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(damage.len(), 1, "{items:?}");
+    assert!(damage[0].0 <= 600 && 600 < damage[0].1, "{damage:?}");
+    assert!(!offsets.is_empty() && offsets.windows(2).all(|w| w[0] < w[1]));
+    assert!(offsets.len() < 19 && offsets.last() > Some(&2), "records after the damage are read: {offsets:?}");
+
+    let rep = recovery::verify(&disk, Path::new("/data"), None).unwrap();
+    assert!(rep.findings.iter().any(|f| f.kind == FindingKind::Index && f.file == index), "{:?}", rep.findings);
+    let done = recovery::repair(&disk, Path::new("/data"), None, false).unwrap();
+    assert!(done.actions.iter().any(|a| a.contains("00000000000000000000.idx")), "{:?}", done.actions);
+    assert!(recovery::verify(&disk, Path::new("/data"), None).unwrap().findings.is_empty());
+
+    // With the segment intact, the rebuilt index is the one the engine wrote.
+    let intact = clone_disk(&fs, 3, |_, d| d);
+    intact.remove_file(&index).unwrap();
+    recovery::repair(&intact, Path::new("/data"), None, false).unwrap();
+    assert_eq!(intact.contents(&index).unwrap(), original_index);
+}
