@@ -35,5 +35,5 @@ mod client;
 mod types;
 
 pub use client::{Client, Options, Subscription};
-pub use gmq_protocol::ErrorCode;
-pub use types::{ConsumeOptions, Delivery, Error, Message, Published, QueueInfo, Routed};
+pub use gmq_protocol::{ErrorCode, Start};
+pub use types::{start_json, ConsumeOptions, Delivery, Error, Message, Published, QueueInfo, Routed};

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use gmq_protocol::ErrorCode;
+use gmq_protocol::{ErrorCode, Start};
 use serde_json::{json, Map, Value};
 
 /// Client errors.
@@ -199,12 +199,21 @@ pub struct ConsumeOptions {
     pub manual: bool,
     /// Only these events.
     pub events: Option<Vec<String>>,
+    /// Where the group starts if this request creates it (default: oldest).
+    pub from: Option<Start>,
 }
 
 impl ConsumeOptions {
     /// Auto ack, at most `max` messages (prefetch `max` for a subscription).
     pub fn auto(max: u64) -> ConsumeOptions {
-        ConsumeOptions { group: gmq_protocol::DEFAULT_GROUP.into(), max, wait_ms: 0, manual: false, events: None }
+        ConsumeOptions {
+            group: gmq_protocol::DEFAULT_GROUP.into(),
+            max,
+            wait_ms: 0,
+            manual: false,
+            events: None,
+            from: None,
+        }
     }
 
     /// Manual ack, at most `max` messages (prefetch `max`).
@@ -230,6 +239,12 @@ impl ConsumeOptions {
         self
     }
 
+    /// Starting at `from` if this creates the group.
+    pub fn from(mut self, from: Start) -> ConsumeOptions {
+        self.from = Some(from);
+        self
+    }
+
     pub(crate) fn request(&self, op: &str, queue: &str) -> Value {
         let mut v =
             json!({"op": op, "queue": queue, "group": self.group, "ack": if self.manual { "manual" } else { "auto" }});
@@ -240,6 +255,19 @@ impl ConsumeOptions {
         if let Some(e) = &self.events {
             v["events"] = json!(e);
         }
+        if let Some(f) = self.from {
+            v["from"] = start_json(f);
+        }
         v
+    }
+}
+
+/// `from` as a request carries it.
+pub fn start_json(f: Start) -> Value {
+    match f {
+        Start::Oldest => json!("oldest"),
+        Start::Latest => json!("latest"),
+        Start::Offset(o) => json!(o),
+        Start::Time(t) => json!({ "time_ms": t }),
     }
 }
