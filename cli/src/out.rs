@@ -223,7 +223,7 @@ mod tests {
     fn dates_sizes_and_tables() {
         assert_eq!(utc(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(utc(951_782_400_123), "2000-02-29T00:00:00.123Z");
-        assert_eq!(utc(1_795_000_000_000), "2026-11-18T09:46:40.000Z");
+        assert_eq!(utc(1_795_000_000_000), "2026-11-18T11:06:40.000Z");
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(table(&["A", "BB"], &[vec!["xxx".into(), "y".into()]]), "A    BB\nxxx  y");

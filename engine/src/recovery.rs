@@ -517,11 +517,16 @@ fn verify_queue(vfs: &dyn Vfs, name: &str, dir: &Path, rep: &mut VerifyReport) -
         }
     }
     let state_path = dir.join(crate::state::STATE_FILE);
+    // The replayed group state, checked against the log once it is scanned.
+    let mut replayed = None;
     if let (Some(inc), true) = (incarnation, vfs.exists(&state_path)) {
         let b = vfs.read_file(&state_path)?;
         match crate::state::check_header(&b, inc) {
             crate::state::HeaderCheck::Ok => {
-                if let Some((pos, reason, follows)) = crate::state::replay(&b).damage {
+                let r = crate::state::replay(&b);
+                let damage = r.damage.clone();
+                replayed = Some(r);
+                if let Some((pos, reason, follows)) = damage {
                     let what = if follows { "damage before valid records" } else { "torn tail" };
                     add(state_path.clone(), Some(pos), FindingKind::GroupState, format!("{what}: {reason}"));
                 }
@@ -612,6 +617,17 @@ fn verify_queue(vfs: &dyn Vfs, name: &str, dir: &Path, rep: &mut VerifyReport) -
             add(ip, None, FindingKind::Index, "index missing (the engine rebuilds it on first read)".into());
         }
     }
+    if let (Some(r), Some(&(last_base, _))) = (&replayed, lens.last()) {
+        let end = last_base.max(min_offset);
+        if ahead_of_log(r, end) {
+            add(
+                state_path.clone(),
+                None,
+                FindingKind::GroupState,
+                format!("{ACKS_PAST_END} ({end}): the log lost its unsynced tail; the next open forgets those acks"),
+            );
+        }
+    }
     if vfs.exists(&cp) {
         match ckpt {
             None => add(cp, None, FindingKind::Checkpoint, "checkpoint unreadable (ignored on open)".into()),
@@ -626,6 +642,34 @@ fn verify_queue(vfs: &dyn Vfs, name: &str, dir: &Path, rep: &mut VerifyReport) -
         }
     }
     Ok(())
+}
+
+const ACKS_PAST_END: &str = "acks past the end of the log";
+
+/// Group state that counts offsets at or past the log's end as done (the
+/// open clamps it: those offsets go to new messages).
+fn ahead_of_log(r: &crate::state::Replay, end: u64) -> bool {
+    r.low > end || r.groups.values().any(|g| g.floor > end || g.acked.ranges().any(|x| x.end > end))
+}
+
+/// The offset the next record of a queue would get, as the log says.
+fn log_end(vfs: &dyn Vfs, dir: &Path) -> io::Result<Option<u64>> {
+    let Some(&base) = list(vfs, dir)?.segments.last() else { return Ok(None) };
+    let f = vfs.open(&dir.join(format::segment_file_name(base)), OpenMode::Read)?;
+    let len = f.len()?;
+    let s = scan(f.as_ref(), SEGMENT_HEADER_LEN.min(len), len, base, |_, _| {})?;
+    Ok(Some(s.last_offset.map_or(base, |o| o + 1)))
+}
+
+/// The state log with everything at or past `end` forgotten, as the open does.
+fn clamped_state(b: &[u8], incarnation: u64, end: u64) -> Vec<u8> {
+    let mut r = crate::state::replay(b);
+    r.low = r.low.min(end);
+    for g in r.groups.values_mut() {
+        g.floor = g.floor.min(end);
+        g.acked.remove_from(end);
+    }
+    crate::state::snapshot(incarnation, r.low, r.groups.iter().map(|(n, g)| (n.as_str(), g.gid, g.floor, &g.acked)))
 }
 
 fn check_index_file(vfs: &dyn Vfs, path: &Path, seg: &dyn VFile, base: u64, len: u64) -> io::Result<Option<String>> {
@@ -699,6 +743,21 @@ pub fn repair(vfs: &dyn Vfs, data_dir: &Path, only: Option<&str>, dry_run: bool)
                     _ => Some(crate::state::replay(&b).valid_len),
                 };
                 match keep {
+                    Some(_) if f.detail.starts_with(ACKS_PAST_END) => {
+                        let text =
+                            String::from_utf8_lossy(&vfs.read_file(&dir.join(crate::SETTINGS_FILE))?).into_owned();
+                        let (Ok((_, inc)), Some(end)) = (crate::QueueSettings::decode(&text), log_end(vfs, &dir)?)
+                        else {
+                            continue;
+                        };
+                        rep.actions.push(format!(
+                            "{}: forget acks at or past offset {end}, where the log ends (as the next open would)",
+                            f.file.display()
+                        ));
+                        if !dry_run {
+                            vfs.write_atomic(&f.file, &clamped_state(&b, inc, end))?;
+                        }
+                    }
                     Some(len) if f.detail.starts_with("damage") || f.detail.starts_with("torn") => {
                         rep.actions.push(format!(
                             "{}: keep the valid prefix of {len} bytes (acks after it are forgotten: those messages are delivered again)",

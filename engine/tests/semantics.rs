@@ -703,6 +703,22 @@ fn group_state_past_the_end_of_a_recovered_log_is_clamped() {
     assert_eq!(env.e().get("q").unwrap().unwrap().log().next_offset(), 2, "the unsynced tail is gone");
     env.engine.take().unwrap().close().unwrap();
     let fs = env.fs.clone().unwrap();
+    fs.set_contents(&groups, state.clone()).unwrap();
+    // Offline, verify sees the acks past the log's end and repair clamps
+    // them as the open does (a dry run writes nothing).
+    let data = PathBuf::from("/data");
+    let v = gmq_engine::recovery::verify(&fs, &data, None).unwrap();
+    assert!(
+        v.findings.len() == 1 && v.findings[0].file == groups && v.findings[0].detail.contains("(2)"),
+        "{:?}",
+        v.findings
+    );
+    let dry = gmq_engine::recovery::repair(&fs, &data, None, true).unwrap();
+    assert_eq!(dry.actions.len(), 1, "{:?}", dry.actions);
+    assert_eq!(fs.contents(&groups).unwrap(), state);
+    gmq_engine::recovery::repair(&fs, &data, None, false).unwrap();
+    assert!(gmq_engine::recovery::verify(&fs, &data, None).unwrap().findings.is_empty());
+    // Put back, the open clamps it the same way.
     fs.set_contents(&groups, state).unwrap();
     env.engine = Some(Engine::open_with(env.cfg.clone(), Arc::new(fs), env.clock.clone()).unwrap());
     env.publish("q", &["e"]);
