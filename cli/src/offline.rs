@@ -423,7 +423,11 @@ fn repair(cli: &Cli, a: &args::Repair, out: &mut Out) -> Res {
     let r = recovery::repair(&RealFs, dir, a.at.queue.as_deref(), a.dry_run)
         .map_err(local(format!("repairing {}", dir.display())))?;
     let after = if a.dry_run { None } else { Some(verify_report(dir, &queues(dir, a.at.queue.as_deref())?)?) };
-    let left = after.as_ref().map_or(0, |v| v.findings.len());
+    // A dry run predicts what repair cannot fix (a settings file).
+    let left = match &after {
+        Some(v) => v.findings.len(),
+        None => r.actions.iter().filter(|a| a.starts_with("cannot repair")).count(),
+    };
     if cli.json {
         out.json(&json!({
             "dry_run": a.dry_run,
@@ -433,7 +437,7 @@ fn repair(cli: &Cli, a: &args::Repair, out: &mut Out) -> Res {
             "remaining": after.as_ref().map(|v| v.findings.iter().map(finding_json).collect::<Vec<_>>()),
         }))?;
     } else {
-        let verb = if a.dry_run { "would " } else { "" };
+        let verb = if a.dry_run { "would: " } else { "" };
         for act in &r.actions {
             out.line(format!("{verb}{act}"))?;
         }
@@ -453,7 +457,8 @@ fn repair(cli: &Cli, a: &args::Repair, out: &mut Out) -> Res {
     }
     if left > 0 {
         out.flush()?;
-        return Err(Fail::Damage(format!("{left} problems remain after repair")));
+        let when = if a.dry_run { "would remain" } else { "remain" };
+        return Err(Fail::Damage(format!("{left} problems {when} after repair")));
     }
     Ok(())
 }
@@ -565,6 +570,7 @@ fn export(a: &args::Export, stdout: &mut Out) -> Res {
     let bar = progress(segs.iter().map(|s| s.2).sum(), "exporting");
     let (mut records, mut damage) = (0u64, 0u64);
     let mut res: Res = Ok(());
+    let last = segs.last().map(|s| s.0);
     for (base, path, len) in segs {
         // Records of a batch whose end is not written were never acknowledged.
         let mut batch: Vec<gmq_engine::Record> = Vec::new();
@@ -589,6 +595,13 @@ fn export(a: &args::Export, stdout: &mut Out) -> Res {
                         }
                     }
                 }
+                // The end of the active segment may be a write in progress
+                // (or one a crash cut short): never acknowledged either way.
+                SegmentItem::Damage { start, end, .. } if Some(base) == last && end == len => eprintln!(
+                    "gmq: {}: the last {} bytes are an unfinished write, not exported",
+                    path.display(),
+                    end - start
+                ),
                 SegmentItem::Damage { start, end, reason } => {
                     damage += 1;
                     eprintln!("gmq: {}: bytes {start}..{end} unreadable, not exported: {reason}", path.display());

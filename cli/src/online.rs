@@ -537,7 +537,7 @@ async fn request(cli: &Cli, r: &args::Request, c: &Client, out: &mut Out) -> Res
             let o = ConsumeOptions::auto(16).wait_ms(left.as_millis().max(1) as u64);
             for d in c.consume(&reply_to, &o).await? {
                 if d.headers.get("correlation_id") == Some(&correlation) {
-                    return print_delivery(cli, out, &r.queue, &d);
+                    return print_delivery(cli, out, &reply_to, &d);
                 }
                 eprintln!("gmq: ignoring a message on {reply_to} without our correlation_id");
             }

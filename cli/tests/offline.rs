@@ -230,7 +230,7 @@ fn verify_names_each_injected_fault_and_repair_keeps_every_intact_record() {
         let intact = readable(dir.path());
         let before = snapshot(dir.path());
         let dry = gmq(&["repair", "-d", d(dir.path()), "--dry-run"]);
-        assert!(dry.ok().lines().all(|l| l.starts_with("would ") || l.starts_with("dry run")), "{}", dry.out());
+        assert!(dry.ok().lines().all(|l| l.starts_with("would: ") || l.starts_with("dry run")), "{}", dry.out());
         assert_eq!(snapshot(dir.path()), before, "{}: a dry run writes nothing", fault.name);
 
         gmq(&["repair", "-d", d(dir.path())]).ok();
