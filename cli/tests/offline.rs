@@ -368,3 +368,27 @@ fn writers_refuse_a_directory_a_live_server_holds_and_readers_warn() {
     assert_eq!(no_queue.code, 1);
     assert!(no_queue.stderr.contains("no queue \"nope\""), "{}", no_queue.stderr);
 }
+
+#[test]
+fn export_leaves_out_an_unfinished_tail_and_a_dry_run_exits_5_for_what_repair_cannot_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    fixture(dir.path(), 40, 0);
+    let records = gmq(&["inspect", "-d", d(dir.path()), "q", "--records"]).json_lines();
+    let last = seg_path(dir.path(), records.last().unwrap()["segment"].as_str().unwrap());
+    let mut b = std::fs::read(&last).unwrap();
+    let whole = b.len();
+    // Half of a copy of the last record: a write a crash (or a live server) cut short.
+    let start = records.last().unwrap()["position"].as_u64().unwrap() as usize;
+    let half: Vec<u8> = b[start..start + (whole - start) / 2].to_vec();
+    b.extend_from_slice(&half);
+    std::fs::write(&last, b).unwrap();
+    let e = gmq(&["export", "-d", d(dir.path()), "q"]);
+    assert_eq!(e.json_lines().len(), 41, "every acknowledged record");
+    assert!(e.stderr.contains("unfinished write"), "{}", e.stderr);
+
+    std::fs::write(dir.path().join("queues/q/queue"), "version = 1\ngarbage\n").unwrap();
+    let dry = gmq(&["repair", "-d", d(dir.path()), "--dry-run"]);
+    assert_eq!(dry.code, 5, "{dry:?}");
+    assert!(dry.out().contains("would: cannot repair"), "{}", dry.out());
+    assert!(dry.stderr.contains("would remain after repair"), "{}", dry.stderr);
+}
