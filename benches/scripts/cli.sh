@@ -33,10 +33,11 @@ for run in $(seq 1 "$RUNS"); do
   results[inspect_records]+=" $(t '"$GMQ" inspect -d "$D" bench --records > /dev/null')"
   results[export]+=" $(t '"$GMQ" export -d "$D" bench > "$WORK/exp$run" 2> /dev/null')"
   results[import]+=" $(t '"$GMQ" import -d "$D" copy < "$WORK/exp$run" > /dev/null')"
-  results[compact]+=" $(t '"$GMQ" compact -d "$D" bench > /dev/null')"
+  results[compact]+=" $(t '"$GMQ" compact -d "$D" bench > "$WORK/compact"')"
   BYTES=$(du -sb "$D/queues/copy" | cut -f1)
 done
 echo "messages: $N of 100 bytes; copy queue on disk: $BYTES bytes; runs: $RUNS"
+echo "the last compaction:"; cat "$WORK/compact"
 for k in publish verify inspect_records export import compact; do
   med=$(echo ${results[$k]} | tr ' ' '\n' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
   rate=$(awk -v n="$N" -v m="$med" 'BEGIN { printf "%d", n / m }')

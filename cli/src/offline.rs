@@ -489,11 +489,12 @@ fn compact(cli: &Cli, a: &args::Compact, out: &mut Out) -> Res {
     let mut failed = 0;
     for (name, qdir) in &qs {
         let before = dir_bytes(qdir);
-        let done = engine.compact(name, a.threshold, a.dry_run).and_then(|rep| {
-            // Segments every group is done with go entirely.
+        // Segments every group is done with go entirely first; what is left
+        // is rewritten where it pays.
+        let done = (|| {
             let deleted = if a.dry_run { 0 } else { engine.existing(name)?.maintain()? };
-            Ok((rep, deleted))
-        });
+            Ok::<_, gmq_engine::Error>((engine.compact(name, a.threshold, a.dry_run)?, deleted))
+        })();
         bar.inc(before);
         match done {
             Ok((rep, deleted)) => {

@@ -302,18 +302,29 @@ async fn consume(cli: &Cli, a: &args::Consume, c: &Client, out: &mut Out) -> Res
     if a.follow {
         return follow(cli, a, o, c, out).await;
     }
-    o.max = a.max.unwrap_or(1);
+    // The server serves at most its max_batch per request: ask again until
+    // --max messages came or the queue has none left.
+    let mut left = a.max.unwrap_or(1).max(1);
     o.wait_ms = a.wait;
-    let got = c.consume(&a.queue, &o).await?;
-    for d in &got {
-        print_delivery(cli, out, &a.queue, d)?;
-    }
-    // Acked only once written: a message that never reached the reader is
-    // delivered again (the lease returns when this connection closes).
-    out.flush()?;
-    if a.manual_ack && !got.is_empty() {
-        let offsets: Vec<u64> = got.iter().map(|d| d.offset).collect();
-        c.ack(&a.queue, &a.group, &offsets).await?;
+    while left > 0 {
+        o.max = left;
+        let got = c.consume(&a.queue, &o).await?;
+        if got.is_empty() {
+            break;
+        }
+        for d in &got {
+            print_delivery(cli, out, &a.queue, d)?;
+        }
+        // Acked only once written: a message that never reached the reader
+        // is delivered again (the lease returns when this connection closes).
+        out.flush()?;
+        if a.manual_ack {
+            let offsets: Vec<u64> = got.iter().map(|d| d.offset).collect();
+            c.ack(&a.queue, &a.group, &offsets).await?;
+        }
+        left = left.saturating_sub(got.len() as u64);
+        // Only the first request waits for a message.
+        o.wait_ms = 0;
     }
     Ok(())
 }

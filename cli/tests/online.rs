@@ -68,12 +68,13 @@ fn publish_takes_the_payload_from_an_argument_a_file_stdin_or_base64_with_every_
 #[test]
 fn lines_publish_one_message_per_line_in_order_and_raw_consume_prints_them_back() {
     let (_dir, s) = server();
-    let input: String = (0..2500).map(|i| format!("line {i}\n")).collect();
+    // More than the server's max_batch (10 000): consume asks again.
+    let input: String = (0..12_500).map(|i| format!("line {i}\n")).collect();
     let r = s.gmq_in(&["publish", "bulk", "--lines", "--batch", "700", "--json"], input.as_bytes());
-    assert_eq!(r.json(), json!({"published": 2500, "first_offset": 0, "last_offset": 2499}));
+    assert_eq!(r.json(), json!({"published": 12_500, "first_offset": 0, "last_offset": 12_499}));
     // CRLF endings are stripped; an empty line is an empty message.
     s.gmq_in(&["publish", "bulk", "--lines"], b"crlf\r\n\nlast").ok();
-    let out = s.gmq(&["consume", "bulk", "--max", "3000"]).ok();
+    let out = s.gmq(&["consume", "bulk", "--max", "20000"]).ok();
     let want: String = input.clone() + "crlf\n\nlast\n";
     assert_eq!(out, want);
     let bad = s.gmq_in(&["publish", "bulk", "--lines", "--base64"], b"aGk=\nnot base64!\n");
