@@ -402,7 +402,11 @@ async fn queues(cli: &Cli, c: &Client, out: &mut Out) -> Res {
                 human_bytes(q["bytes"].as_u64().unwrap_or(0)),
                 str_of(&q["consumers"]),
                 if groups.is_empty() { "-".into() } else { groups.join(",") },
-                q.get("quarantined").map_or_else(|| "ok".into(), |r| format!("QUARANTINED: {}", str_of(r))),
+                match (q.get("quarantined"), q.get("stopped")) {
+                    (Some(r), _) => format!("QUARANTINED: {}", str_of(r)),
+                    (None, Some(r)) => format!("STOPPED: {}", str_of(r)),
+                    (None, None) => "ok".into(),
+                },
             ]
         })
         .collect();

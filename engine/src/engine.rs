@@ -94,6 +94,8 @@ pub struct QueueSummary {
     pub consumers: u64,
     /// Why it is quarantined, if it is.
     pub quarantined: Option<String>,
+    /// The storage failure that stopped it, until housekeeping reopens it.
+    pub stopped: Option<String>,
 }
 
 /// A recovered queue and what its recovery found.
@@ -458,6 +460,7 @@ impl Engine {
                         groups: s.groups.into_iter().map(|g| g.name).collect(),
                         consumers: s.consumers,
                         quarantined: q.failure().filter(|e| matches!(e, Error::Corrupt { .. })).map(|e| e.to_string()),
+                        stopped: q.failure().filter(Error::is_storage).map(|e| e.to_string()),
                     }
                 }
                 Err(reason) => QueueSummary {
@@ -467,6 +470,7 @@ impl Engine {
                     groups: Vec::new(),
                     consumers: 0,
                     quarantined: Some(reason),
+                    stopped: None,
                 },
             })
             .collect()
@@ -731,12 +735,22 @@ impl Engine {
         Ok(out)
     }
 
-    /// Housekeeping for every queue (dead-letter moves, retention). The
+    /// Housekeeping for every queue (dead-letter moves, retention), and a
+    /// reopen from disk of every queue a storage failure stopped (a full
+    /// disk that has space again, a transient I/O error): the reopen drops
+    /// what was never acknowledged, and the queue takes writes again. The
     /// server runs it periodically. Returns segments deleted; a queue that
     /// fails is logged and skipped.
     pub fn maintain(&self) -> usize {
         let mut n = 0;
         for q in self.open_queues() {
+            if let Some(cause) = q.failure().filter(Error::is_storage) {
+                match self.reopen(q.name()) {
+                    Ok(_) => tracing::warn!(queue = %q.name(), %cause, "reopened from disk after a storage failure"),
+                    Err(e) => tracing::debug!(queue = %q.name(), error = %e, "still failing after a storage failure"),
+                }
+                continue;
+            }
             match q.maintain() {
                 Ok(d) => n += d,
                 Err(e) => tracing::warn!(queue = %q.name(), error = %e, "housekeeping failed"),

@@ -24,7 +24,7 @@ pub enum Error {
     },
     /// The queue stopped after an earlier write or sync failure (fail-stop)
     /// and refuses work until it is reopened from disk.
-    #[error("queue '{queue}' is stopped after a storage failure ({cause}); reopen it to recover from disk")]
+    #[error("queue '{queue}' is stopped after a storage failure ({cause}) until it is reopened from disk (housekeeping retries every second)")]
     Poisoned {
         /// Queue.
         queue: String,

@@ -8,6 +8,11 @@
 //!   segment holds the input; the engine must open it, classify the damage
 //!   exactly as the format's rules say, read back exactly the records that an
 //!   independent scan of the bytes finds, and keep working afterwards.
+//! * [`protocol::request_parse`] and [`protocol::session`]: the wire
+//!   protocol's parser and framer, and a whole server session, on arbitrary
+//!   bytes.
+
+pub mod protocol;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -597,6 +602,22 @@ mod tests {
         for (name, data) in corpus("segment_recovery") {
             eprintln!("{name}");
             segment_recovery(&data);
+        }
+    }
+
+    #[test]
+    fn request_parse_seed_corpus() {
+        for (name, data) in corpus("request_parse") {
+            eprintln!("{name}");
+            crate::protocol::request_parse(&data);
+        }
+    }
+
+    #[test]
+    fn session_seed_corpus() {
+        for (name, data) in corpus("session") {
+            eprintln!("{name}");
+            crate::protocol::session(&data);
         }
     }
 

@@ -380,6 +380,9 @@ impl Session {
                     .into_iter()
                     .map(|q| {
                         let mut v = json!({ "name": q.name, "depth": q.depth, "bytes": q.bytes, "groups": q.groups, "consumers": q.consumers });
+                        if let Some(r) = q.stopped {
+                            v["stopped"] = json!(r);
+                        }
                         if let Some(r) = q.quarantined {
                             v["quarantined"] = json!(r);
                         }

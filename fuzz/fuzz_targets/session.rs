@@ -1,0 +1,6 @@
+//! A whole server session fed arbitrary bytes. See `gmq_fuzz::protocol`.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| gmq_fuzz::protocol::session(data));
