@@ -1,0 +1,57 @@
+//! `campaign`: the long version of the fault campaign.
+//!
+//! ```text
+//! cargo build --release -p gmq-server -p gmq-cli -p gmq-campaign
+//! target/release/campaign crash --cycles 200 --seeds 5
+//! ```
+
+use clap::{Parser, Subcommand};
+use gmq_campaign::crash::{crash_campaign, CrashConfig};
+
+#[derive(Debug, Parser)]
+#[command(about = "GMQ's fault campaign against the real gmq-server")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// kill -9 under mixed load, restart, check the ledger.
+    Crash {
+        /// Crash cycles per seed.
+        #[arg(long, default_value_t = 50)]
+        cycles: u32,
+        /// Seeds to run, from --first-seed on.
+        #[arg(long, default_value_t = 1)]
+        seeds: u64,
+        /// The first seed.
+        #[arg(long, default_value_t = 1)]
+        first_seed: u64,
+        /// Longest load time before a kill (ms).
+        #[arg(long, default_value_t = 1500)]
+        max_ms: u64,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Crash { cycles, seeds, first_seed, max_ms } => {
+            let mut failed = 0;
+            for seed in first_seed..first_seed + seeds {
+                let dir = tempfile::tempdir()?;
+                let cfg = CrashConfig { seed, cycles, min_ms: 50, max_ms };
+                let o = crash_campaign(dir.path(), &cfg)?;
+                println!("seed {seed}: {} kills, {} compactions: {}", o.kills, o.compactions, o.report);
+                if !o.report.clean() {
+                    failed += 1;
+                }
+            }
+            if failed > 0 {
+                anyhow::bail!("{failed} seeds broke the contract");
+            }
+            Ok(())
+        }
+    }
+}
