@@ -3,11 +3,14 @@
 //!
 //! - [`crash`]: `kill -9` at random moments under mixed load, with the
 //!   offline compaction killed between some cycles.
+//! - [`disk`]: `fdatasync` EIO and `pwrite` ENOSPC injected with strace, and
+//!   a genuinely full tmpfs.
 //!
 //! `tests/` runs the short version of each in CI; `campaign` (the binary)
 //! runs them long. Results are in `docs/reliability.md`.
 
 pub mod crash;
+pub mod disk;
 pub mod ledger;
 pub mod process;
 

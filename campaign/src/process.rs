@@ -108,6 +108,23 @@ impl Server {
         }
     }
 
+    /// The process id (of the wrapper, when there is one).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(mut self, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        while self.child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                bail!("the process did not exit within {within:?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
