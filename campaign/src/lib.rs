@@ -3,12 +3,15 @@
 //!
 //! - [`crash`]: `kill -9` at random moments under mixed load, with the
 //!   offline compaction killed between some cycles.
+//! - [`corrupt`]: seeded damage to a stopped data directory, then start,
+//!   verify, repair.
 //! - [`disk`]: `fdatasync` EIO and `pwrite` ENOSPC injected with strace, and
 //!   a genuinely full tmpfs.
 //!
 //! `tests/` runs the short version of each in CI; `campaign` (the binary)
 //! runs them long. Results are in `docs/reliability.md`.
 
+pub mod corrupt;
 pub mod crash;
 pub mod disk;
 pub mod ledger;

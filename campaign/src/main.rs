@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! cargo build --release -p gmq-server -p gmq-cli -p gmq-campaign
-//! target/release/campaign crash --cycles 200 --seeds 5
+//! target/release/campaign crash --cycles 50 --seeds 3
+//! target/release/campaign corrupt --seeds 200
 //! ```
 
 use clap::{Parser, Subcommand};
@@ -32,6 +33,18 @@ enum Cmd {
         #[arg(long, default_value_t = 1500)]
         max_ms: u64,
     },
+    /// Seeded damage to a stopped data directory; start, verify, repair.
+    Corrupt {
+        /// Seeds to run.
+        #[arg(long, default_value_t = 200)]
+        seeds: u64,
+        /// The first seed.
+        #[arg(long, default_value_t = 1)]
+        first_seed: u64,
+        /// Messages per queue in the fixture.
+        #[arg(long, default_value_t = 400)]
+        per_queue: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -50,6 +63,35 @@ fn main() -> anyhow::Result<()> {
             }
             if failed > 0 {
                 anyhow::bail!("{failed} seeds broke the contract");
+            }
+            Ok(())
+        }
+        Cmd::Corrupt { seeds, first_seed, per_queue } => {
+            let work = tempfile::tempdir()?;
+            let outcomes = gmq_campaign::corrupt::corrupt_campaign(work.path(), first_seed, seeds, per_queue)?;
+            let (mut lost, mut corrupted, mut named, mut quarantined, mut intact) = (0, 0, 0, 0, 0);
+            for (i, o) in outcomes.iter().enumerate() {
+                println!(
+                    "seed {}: {}; verify named it: {}; quarantined {:?}; intact {}, lost {}, corrupted {}",
+                    first_seed + i as u64,
+                    o.damage,
+                    o.verify_named_it,
+                    o.quarantined,
+                    o.intact,
+                    o.lost,
+                    o.corrupted
+                );
+                lost += o.lost;
+                corrupted += o.corrupted;
+                intact += o.intact;
+                named += u64::from(o.verify_named_it);
+                quarantined += u64::from(!o.quarantined.is_empty());
+            }
+            println!(
+                "{seeds} seeds: verify named the damaged file in {named}, a queue was quarantined in {quarantined}; intact records {intact}, lost {lost}, corrupted {corrupted}"
+            );
+            if lost + corrupted > 0 {
+                anyhow::bail!("damage spread beyond what it touched");
             }
             Ok(())
         }
