@@ -351,7 +351,9 @@ pub fn corrupt_campaign(
     (first_seed..first_seed + seeds)
         .map(|s| {
             let o = corrupt_once(work, s, &older, &newer, &base);
-            let _ = std::fs::remove_dir_all(work.join(format!("seed{s}")));
+            if std::env::var_os("GMQ_KEEP").is_none() {
+                let _ = std::fs::remove_dir_all(work.join(format!("seed{s}")));
+            }
             o
         })
         .collect()

@@ -7,6 +7,8 @@
 //!   verify, repair.
 //! - [`disk`]: `fdatasync` EIO and `pwrite` ENOSPC injected with strace, and
 //!   a genuinely full tmpfs.
+//! - [`hostile`]: thousands of connections and every kind of bad client
+//!   against a live server under load.
 //!
 //! `tests/` runs the short version of each in CI; `campaign` (the binary)
 //! runs them long. Results are in `docs/reliability.md`.
@@ -14,6 +16,7 @@
 pub mod corrupt;
 pub mod crash;
 pub mod disk;
+pub mod hostile;
 pub mod ledger;
 pub mod process;
 

@@ -67,8 +67,10 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Corrupt { seeds, first_seed, per_queue } => {
-            let work = tempfile::tempdir()?;
-            let outcomes = gmq_campaign::corrupt::corrupt_campaign(work.path(), first_seed, seeds, per_queue)?;
+            let tmp = tempfile::tempdir()?;
+            // GMQ_KEEP=1 keeps the directories to look at.
+            let work = if std::env::var_os("GMQ_KEEP").is_some() { tmp.keep() } else { tmp.path().to_path_buf() };
+            let outcomes = gmq_campaign::corrupt::corrupt_campaign(&work, first_seed, seeds, per_queue)?;
             let (mut lost, mut corrupted, mut named, mut quarantined, mut intact) = (0, 0, 0, 0, 0);
             for (i, o) in outcomes.iter().enumerate() {
                 println!(

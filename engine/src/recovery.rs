@@ -844,20 +844,25 @@ fn rewrite_segment(vfs: &dyn Vfs, path: &Path, dry_run: bool, rep: &mut RepairRe
     };
     let f = vfs.open(path, OpenMode::Read)?;
     let len = f.len()?;
-    let mut out = format::encode_segment_header(base, 0).to_vec();
     let mut dropped = 0u64;
     let mut hdr = vec![0u8; len.min(SEGMENT_HEADER_LEN) as usize];
     f.read_exact_at(&mut hdr, 0)?;
-    if format::decode_segment_header(&hdr, base).is_err() {
+    let created = format::decode_segment_header(&hdr, base).ok();
+    if created.is_none() {
         rep.actions.push(format!("{}: rewrite the segment header", path.display()));
     }
-    // (position, size, offset, batch continues) of every record kept.
+    // (position, size, offset, batch continues) of every record kept, and
+    // the first one's timestamp.
     let mut keep: Vec<(u64, usize, u64, bool)> = Vec::new();
+    let mut first_ts = None;
     walk(
         f.as_ref(),
         len,
         base,
-        |p, r| keep.push((p, r.size, r.offset, r.batch_continues())),
+        |p, r| {
+            first_ts.get_or_insert(r.timestamp_ms);
+            keep.push((p, r.size, r.offset, r.batch_continues()))
+        },
         |at, end, reason| {
             let tail = if end == len { " at the tail" } else { "" };
             rep.actions.push(format!("{}: drop bytes {at}..{end}{tail} ({reason})", path.display()));
@@ -873,6 +878,13 @@ fn rewrite_segment(vfs: &dyn Vfs, path: &Path, dry_run: bool, rep: &mut RepairRe
         rep.actions.push(format!("{}: drop an unfinished batch of {n} records at the tail", path.display()));
         keep.truncate(complete);
     }
+    // The creation time orders retention by age: keep it, or take the first
+    // record's time when the header is gone (never 0, which would make the
+    // segment before this one look older than any max_age).
+    let created = created.or(first_ts).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    });
+    let mut out = format::encode_segment_header(base, created).to_vec();
     for &(p, size, _, _) in &keep {
         let mut b = vec![0u8; size];
         f.read_exact_at(&mut b, p)?;

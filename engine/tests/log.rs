@@ -700,6 +700,11 @@ fn walk_segment_reads_past_damage_and_a_missing_index_is_reported_then_rebuilt()
     assert!(rep.findings.iter().any(|f| f.kind == FindingKind::Index && f.file == index), "{:?}", rep.findings);
     let done = recovery::repair(&disk, Path::new("/data"), None, false).unwrap();
     assert!(done.actions.iter().any(|a| a.contains("00000000000000000000.idx")), "{:?}", done.actions);
+    // The rewritten segment keeps its creation time (stream retention ages
+    // the segment before it by it).
+    let created = |fs: &SimFs| gmq_engine::format::decode_segment_header(&fs.contents(&victim).unwrap()[..32], 0);
+    assert_eq!(created(&disk), created(&fs));
+    assert!(created(&fs).unwrap() > 0);
     assert!(recovery::verify(&disk, Path::new("/data"), None).unwrap().findings.is_empty());
 
     // With the segment intact, the rebuilt index is the one the engine wrote.
