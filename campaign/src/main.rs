@@ -4,6 +4,8 @@
 //! cargo build --release -p gmq-server -p gmq-cli -p gmq-campaign
 //! target/release/campaign crash --cycles 50 --seeds 3
 //! target/release/campaign corrupt --seeds 200
+//! target/release/campaign disk --runs 5
+//! target/release/campaign hostile --seconds 60 --idle 4000
 //! ```
 
 use clap::{Parser, Subcommand};
@@ -32,6 +34,24 @@ enum Cmd {
         /// Longest load time before a kill (ms).
         #[arg(long, default_value_t = 1500)]
         max_ms: u64,
+    },
+    /// Disk faults: fdatasync EIO and pwrite ENOSPC at varying points, and a full tmpfs.
+    Disk {
+        /// Runs of each fault.
+        #[arg(long, default_value_t = 5)]
+        runs: u32,
+    },
+    /// Hostile clients against a live server under load.
+    Hostile {
+        /// Seconds of hostility.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Idle connections.
+        #[arg(long, default_value_t = 4000)]
+        idle: usize,
+        /// Seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
     /// Seeded damage to a stopped data directory; start, verify, repair.
     Corrupt {
@@ -63,6 +83,53 @@ fn main() -> anyhow::Result<()> {
             }
             if failed > 0 {
                 anyhow::bail!("{failed} seeds broke the contract");
+            }
+            Ok(())
+        }
+        Cmd::Disk { runs } => {
+            use gmq_campaign::disk;
+            let mut bad = 0;
+            for run in 0..runs {
+                let d = tempfile::tempdir()?;
+                let from = 10 + 15 * run;
+                let results = [
+                    (format!("fdatasync EIO from call {from}"), disk::fsync_eio(&d.path().join("eio"), from)?),
+                    (
+                        format!("pwrite ENOSPC for calls {}..{}", 2 * from, 2 * from + 20),
+                        disk::write_enospc(&d.path().join("nospc"), 2 * from, 2 * from + 20)?,
+                    ),
+                    ("full tmpfs of 8 MiB".to_owned(), disk::full_tmpfs(&d.path().join("mnt"), 8)?),
+                ];
+                for (what, o) in results {
+                    println!("run {run}: {what}: {o}");
+                    bad += u32::from(o.lost + o.corrupted > 0 || o.refused == 0);
+                }
+            }
+            if bad > 0 {
+                anyhow::bail!("{bad} runs lost or corrupted acknowledged messages (or never hit the fault)");
+            }
+            Ok(())
+        }
+        Cmd::Hostile { seconds, idle, seed } => {
+            use gmq_campaign::hostile::{hostile_campaign, Hostility};
+            let d = tempfile::tempdir()?;
+            let h = Hostility {
+                idle,
+                slow: 100,
+                oversized: 50,
+                endless: 20,
+                garbage: 50,
+                deaf: 20,
+                vanish: 200,
+                duration: std::time::Duration::from_secs(seconds),
+            };
+            let o = hostile_campaign(d.path(), seed, &h)?;
+            println!(
+                "{} hostile connections for {seconds} s; RSS {} KiB before, peak {} KiB; good acks {:.0}/s before, {:.0}/s during; {}",
+                o.hostile_connections, o.rss_before_kib, o.rss_peak_kib, o.rate_before, o.rate_during, o.report
+            );
+            if !o.report.clean() {
+                anyhow::bail!("the good clients' ledger broke the contract");
             }
             Ok(())
         }
