@@ -284,6 +284,9 @@ pub fn corrupt_once(
             }
             Err(e) => {
                 ensure!(q == queue, "seed {seed}: healthy queue {q} refused: {e} ({})", o.damage);
+                // The refusal names the damaged file (and, for records, the byte).
+                let file = victim.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                ensure!(e.to_string().contains(&file), "seed {seed}: the refusal does not name {file}: {e}");
                 o.quarantined.push(q.clone());
             }
         }
