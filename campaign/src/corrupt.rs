@@ -31,6 +31,11 @@ pub struct CorruptOutcome {
     pub damage: String,
     /// Whether verify named the damaged file.
     pub verify_named_it: bool,
+    /// Whether the fault changed any byte.
+    pub changed: bool,
+    /// The fault wrote back an older, valid group-state log: no checksum can
+    /// tell it from the current one (its effect is redelivery).
+    pub valid_rollback: bool,
     /// Queues quarantined at the first start.
     pub quarantined: Vec<String>,
     /// Records the damage did not touch.
@@ -39,6 +44,16 @@ pub struct CorruptOutcome {
     pub lost: u64,
     /// Deliveries that are not an original record (must be 0).
     pub corrupted: u64,
+}
+
+impl std::fmt::Display for CorruptOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}; verify named it: {}; quarantined {:?}; intact {}, lost {}, corrupted {}",
+            self.damage, self.verify_named_it, self.quarantined, self.intact, self.lost, self.corrupted
+        )
+    }
 }
 
 /// Every file of a directory, by relative path, with its bytes.
@@ -246,7 +261,8 @@ pub fn corrupt_once(
         .filter_map(|f| f["file"].as_str().map(str::to_owned))
         .collect();
     o.verify_named_it = named.iter().any(|f| f.ends_with(&victim.to_string_lossy().into_owned()));
-    let changed = damaged.start < damaged.end && bytes != newer[&victim];
+    o.changed = damaged.start < damaged.end && bytes != newer[&victim];
+    o.valid_rollback = victim.ends_with("groups") && what.starts_with("older copy");
 
     // The server starts; healthy queues serve exactly; the damaged one
     // serves intact records only, or is refused.
@@ -334,7 +350,7 @@ pub fn corrupt_once(
             }
         }
     }
-    if changed && !o.verify_named_it {
+    if o.changed && !o.verify_named_it {
         // Damage verify cannot see: bytes no reader looks at (the unused
         // part of a file, or a record the group state no longer needs).
         eprintln!("seed {seed}: verify did not name {} ({})", victim.display(), o.damage);

@@ -3,8 +3,9 @@
 //!
 //! Load per cycle: three producers (single publishes, batches, publishes
 //! with `msg_id` that are retried after a crash), a topic publisher, two
-//! competing manual-ack consumers per queue in group `work`, and a
-//! subscription (group `sub`, manual ack). Between some cycles the offline
+//! competing manual-ack consumers per queue in group `work`, a
+//! subscription (group `sub`, manual ack), and an auto-ack consumer (group
+//! `auto`, which must never see an offset twice). Between some cycles the offline
 //! compaction runs on the stopped directory and is itself killed at a random
 //! moment. The server is killed after a seeded random time.
 
@@ -70,7 +71,7 @@ async fn produce(addr: String, n: u64, mut st: Producer, seed: u64, ledger: Shar
             // The same msg_id again: stored once, whatever the crash did.
             match c.publish(&queue, Message::new(body).msg_id(id.clone())).await {
                 Ok(p) => {
-                    lock(&ledger).published(&queue, p.offset, &id, Some(&id));
+                    lock(&ledger).published(&queue, p.offset, &id);
                     st.retry = None;
                 }
                 Err(_) => return st,
@@ -83,7 +84,7 @@ async fn produce(addr: String, n: u64, mut st: Producer, seed: u64, ledger: Shar
             st.seq += 1;
             let id = format!("p{n}.{}", st.seq);
             let body = payload(&id, filler, st.seq);
-            lock(&ledger).attempt(&id);
+            lock(&ledger).attempt_with_msg_id(&id);
             st.retry = Some((queue.to_owned(), id, body));
             continue;
         }
@@ -102,7 +103,7 @@ async fn produce(addr: String, n: u64, mut st: Producer, seed: u64, ledger: Shar
                 Ok(offsets) => {
                     let mut l = lock(&ledger);
                     for (o, id) in offsets.iter().zip(&ids) {
-                        l.published(queue, *o, id, None);
+                        l.published(queue, *o, id);
                     }
                 }
                 Err(_) => return st,
@@ -113,7 +114,7 @@ async fn produce(addr: String, n: u64, mut st: Producer, seed: u64, ledger: Shar
         let id = format!("p{n}.{}", st.seq);
         lock(&ledger).attempt(&id);
         match c.publish(queue, Message::new(payload(&id, filler, st.seq))).await {
-            Ok(p) => lock(&ledger).published(queue, p.offset, &id, None),
+            Ok(p) => lock(&ledger).published(queue, p.offset, &id),
             Err(_) => return st,
         }
     }
@@ -130,7 +131,7 @@ async fn topic(addr: String, mut seq: u64, ledger: Shared) -> u64 {
             Ok(routed) => {
                 let mut l = lock(&ledger);
                 for r in routed {
-                    l.published(&r.queue, r.offset, &id, None);
+                    l.published(&r.queue, r.offset, &id);
                 }
             }
             Err(_) => return seq,
@@ -155,9 +156,25 @@ async fn consume(addr: String, queue: &'static str, group: &'static str, ledger:
         if offsets.is_empty() {
             continue;
         }
+        lock(&ledger).acking(queue, group, &offsets);
         match c.ack(queue, group, &offsets).await {
             Ok(_) => lock(&ledger).acked(queue, group, &offsets),
             Err(_) => return,
+        }
+    }
+}
+
+/// An auto-ack consumer in group `auto` on the second queue: at most once,
+/// across crashes too.
+async fn consume_auto(addr: String, ledger: Shared) {
+    let Ok(c) = connect(&addr).await else { return };
+    let me = CONSUMERS.fetch_add(1, Ordering::Relaxed);
+    let queue = QUEUES[1];
+    let o = ConsumeOptions::auto(10).group("auto").wait_ms(100);
+    while let Ok(got) = c.consume(queue, &o).await {
+        let mut l = lock(&ledger);
+        for d in &got {
+            l.delivered(queue, "auto", me, d.offset, &d.payload, d.deliveries);
         }
     }
 }
@@ -170,6 +187,7 @@ async fn subscribe(addr: String, ledger: Shared) {
     let Ok(mut sub) = c.subscribe(queue, &ConsumeOptions::manual(16).group("sub")).await else { return };
     while let Some(Ok(d)) = sub.next().await {
         lock(&ledger).delivered(queue, "sub", me, d.offset, &d.payload, d.deliveries);
+        lock(&ledger).acking(queue, "sub", &[d.offset]);
         match sub.ack(&[d.offset]).await {
             Ok(_) => lock(&ledger).acked(queue, "sub", &[d.offset]),
             Err(_) => return,
@@ -197,7 +215,8 @@ fn compact_and_maybe_kill(dir: &Path, rng: &mut Rng) -> anyhow::Result<()> {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()?;
-    let after = Duration::from_millis(rng.below(30));
+    // Often before the engine is open, sometimes amid a segment swap.
+    let after = Duration::from_millis(rng.below(300));
     std::thread::sleep(after);
     let _ = child.kill();
     child.wait()?;
@@ -223,6 +242,7 @@ async fn drain(addr: &str, ledger: &Shared) -> anyhow::Result<()> {
                     l.delivered(&queue, &group, me, d.offset, &d.payload, d.deliveries);
                 }
             }
+            lock(ledger).acking(&queue, &group, &offsets);
             c.ack(&queue, &group, &offsets).await?;
             lock(ledger).acked(&queue, &group, &offsets);
             if Instant::now() > deadline {
@@ -254,6 +274,7 @@ pub fn crash_campaign(dir: &Path, cfg: &CrashConfig) -> anyhow::Result<Outcome> 
             l.complete_groups.insert((q.to_string(), "work".into()));
         }
         l.complete_groups.insert((QUEUES[0].into(), "sub".into()));
+        l.auto_groups.insert((QUEUES[1].into(), "auto".into()));
     }
     let mut rng = Rng::new(cfg.seed);
     let mut producers = vec![Producer::default(); 3];
@@ -278,6 +299,7 @@ pub fn crash_campaign(dir: &Path, cfg: &CrashConfig) -> anyhow::Result<Outcome> 
             }
         }
         tasks.push(rt.spawn(subscribe(addr.clone(), ledger.clone())));
+        tasks.push(rt.spawn(consume_auto(addr.clone(), ledger.clone())));
         let run = cfg.min_ms + rng.below(cfg.max_ms.saturating_sub(cfg.min_ms).max(1));
         std::thread::sleep(Duration::from_millis(run));
         server.kill9();
@@ -305,7 +327,7 @@ pub fn crash_campaign(dir: &Path, cfg: &CrashConfig) -> anyhow::Result<Outcome> 
         for p in &producers {
             if let Some((queue, id, body)) = &p.retry {
                 let r = c.publish(queue, Message::new(body.clone()).msg_id(id.clone())).await?;
-                lock(&ledger).published(queue, r.offset, id, Some(id));
+                lock(&ledger).published(queue, r.offset, id);
             }
         }
         drain(&server.addr, &ledger).await

@@ -169,16 +169,21 @@ fn create(addr: &str, queue: &str) -> anyhow::Result<()> {
     })
 }
 
+/// Creates queue `d` (fsync `always`) on a clean directory, then starts the
+/// server again under `strace -e inject=SYSCALL:FAULT`.
+fn traced(dir: &Path, syscall: &str, fault: &str) -> anyhow::Result<Server> {
+    let s = Server::start(dir, &[], &[])?;
+    create(&s.addr, "d")?;
+    ensure!(s.term()? == Some(0), "clean stop");
+    let (trace, inject) = (format!("trace={syscall}"), format!("inject={syscall}:{fault}"));
+    Server::start(dir, &[], &["strace", "-f", "-qq", "-o", "/dev/null", "-e", &trace, "-e", &inject])
+}
+
 /// `fdatasync` fails with EIO from its `from`-th call on (per thread, as
 /// strace counts): publishes are refused with `storage`, never acknowledged
 /// unless stored; after a restart every acknowledged one is there.
 pub fn fsync_eio(dir: &Path, from: u32) -> anyhow::Result<DiskOutcome> {
-    let s = Server::start(dir, &[], &[])?;
-    create(&s.addr, "d")?;
-    ensure!(s.term()? == Some(0), "clean stop");
-    let inject = format!("inject=fdatasync:error=EIO:when={from}+");
-    let server =
-        Server::start(dir, &[], &["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=fdatasync", "-e", &inject])?;
+    let server = traced(dir, "fdatasync", &format!("error=EIO:when={from}+"))?;
     let log = runtime()?.block_on(async {
         let c = connect(&server.addr).await?;
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -197,12 +202,7 @@ pub fn fsync_eio(dir: &Path, from: u32) -> anyhow::Result<DiskOutcome> {
 /// `pwrite` fails with ENOSPC for calls `from..=to` (per thread): the queue
 /// stops, housekeeping reopens it, and publishing resumes without a restart.
 pub fn write_enospc(dir: &Path, from: u32, to: u32) -> anyhow::Result<DiskOutcome> {
-    let s = Server::start(dir, &[], &[])?;
-    create(&s.addr, "d")?;
-    ensure!(s.term()? == Some(0), "clean stop");
-    let inject = format!("inject=pwrite64:error=ENOSPC:when={from}..{to}");
-    let server =
-        Server::start(dir, &[], &["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=pwrite64", "-e", &inject])?;
+    let server = traced(dir, "pwrite64", &format!("error=ENOSPC:when={from}..{to}"))?;
     let log = runtime()?.block_on(async {
         let c = connect(&server.addr).await?;
         let deadline = Instant::now() + Duration::from_secs(60);

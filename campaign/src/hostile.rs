@@ -95,7 +95,7 @@ async fn produce(addr: String, n: u64, ledger: Shared, stop: Arc<AtomicBool>) ->
         let id = format!("good{n}.{seq}");
         lock(&ledger).attempt(&id);
         let p = c.publish("good", Message::new(payload(&id, 200, seq))).await?;
-        lock(&ledger).published("good", p.offset, &id, None);
+        lock(&ledger).published("good", p.offset, &id);
     }
     Ok(())
 }
@@ -122,6 +122,7 @@ async fn consume(
                 l.delivered("good", "work", me, d.offset, &d.payload, d.deliveries);
             }
         }
+        lock(&ledger).acking("good", "work", &offsets);
         c.ack("good", "work", &offsets).await?;
         lock(&ledger).acked("good", "work", &offsets);
         acked.fetch_add(offsets.len() as u64, Ordering::Relaxed);
@@ -265,6 +266,7 @@ pub fn hostile_campaign(dir: &Path, seed: u64, h: &Hostility) -> anyhow::Result<
                     l.delivered("good", "work", 99, d.offset, &d.payload, d.deliveries);
                 }
             }
+            lock(&ledger).acking("good", "work", &offsets);
             c.ack("good", "work", &offsets).await?;
             lock(&ledger).acked("good", "work", &offsets);
         }

@@ -6,7 +6,7 @@
 //! and checksum, so a delivery can be traced to its publish and checked
 //! byte for byte.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 
 /// A payload that names itself: `id|crc32(filler)|filler`.
@@ -55,16 +55,24 @@ pub struct Ledger {
     seq: u64,
     /// Every publish attempted, by payload id.
     pub attempted: BTreeSet<String>,
+    /// Payload ids published with a `msg_id` (at most one copy may be stored).
+    pub with_msg_id: BTreeSet<String>,
     /// Acknowledged publishes: `(queue, offset)` → payload id.
     pub acked: BTreeMap<(String, u64), String>,
-    /// `msg_id` → the offsets it was acknowledged at, per queue.
-    pub msg_ids: BTreeMap<(String, String), BTreeSet<u64>>,
+    /// An offset acknowledged for one payload, then for another: the first
+    /// was lost (a crash gave its offset away).
+    pub reused: Vec<((String, u64), String, String)>,
     /// Deliveries, in the order recorded.
     pub delivered: Vec<Delivered>,
+    /// Acks sent (before the answer): `(queue, group, offset)`.
+    pub ack_attempts: HashSet<(String, String, u64)>,
     /// Confirmed acks: `(queue, group, offset)` → when.
     pub acks: HashMap<(String, String, u64), u64>,
-    /// Groups that must see every acknowledged message of their queue.
+    /// Manual-ack groups that must see, and ack, every acknowledged message
+    /// of their queue.
     pub complete_groups: BTreeSet<(String, String)>,
+    /// Auto-ack groups: at most once, so never the same offset twice.
+    pub auto_groups: BTreeSet<(String, String)>,
 }
 
 impl Ledger {
@@ -78,12 +86,19 @@ impl Ledger {
         self.attempted.insert(id.to_owned());
     }
 
+    /// A publish with a `msg_id` is about to be sent.
+    pub fn attempt_with_msg_id(&mut self, id: &str) {
+        self.attempt(id);
+        self.with_msg_id.insert(id.to_owned());
+    }
+
     /// The server acknowledged a publish.
-    pub fn published(&mut self, queue: &str, offset: u64, id: &str, msg_id: Option<&str>) {
+    pub fn published(&mut self, queue: &str, offset: u64, id: &str) {
         self.tick();
-        self.acked.insert((queue.to_owned(), offset), id.to_owned());
-        if let Some(m) = msg_id {
-            self.msg_ids.entry((queue.to_owned(), m.to_owned())).or_default().insert(offset);
+        if let Some(old) = self.acked.insert((queue.to_owned(), offset), id.to_owned()) {
+            if old != id {
+                self.reused.push(((queue.to_owned(), offset), old, id.to_owned()));
+            }
         }
     }
 
@@ -101,6 +116,13 @@ impl Ledger {
         });
     }
 
+    /// Acks of these offsets are about to be sent.
+    pub fn acking(&mut self, queue: &str, group: &str, offsets: &[u64]) {
+        for &o in offsets {
+            self.ack_attempts.insert((queue.to_owned(), group.to_owned(), o));
+        }
+    }
+
     /// The server confirmed acks of these offsets.
     pub fn acked(&mut self, queue: &str, group: &str, offsets: &[u64]) {
         let at = self.tick();
@@ -116,10 +138,10 @@ impl Ledger {
             deliveries: self.delivered.len() as u64,
             ..Report::default()
         };
-        let mut seen: BTreeSet<(&str, &str, u64)> = BTreeSet::new();
         let mut last_first: HashMap<(u64, &str, &str), u64> = HashMap::new();
+        let mut auto_seen: HashSet<(&str, &str, u64)> = HashSet::new();
+        let mut msg_id_copies: BTreeMap<(&str, &str), BTreeSet<u64>> = BTreeMap::new();
         for d in &self.delivered {
-            seen.insert((&d.queue, &d.group, d.offset));
             match &d.id {
                 Err(why) => {
                     r.corrupted += 1;
@@ -136,6 +158,9 @@ impl Ledger {
                             r.note(format!("{}@{} acknowledged as {want}, delivered as {id}", d.queue, d.offset));
                         }
                     }
+                    if self.with_msg_id.contains(id) {
+                        msg_id_copies.entry((&d.queue, id)).or_default().insert(d.offset);
+                    }
                 }
             }
             if let Some(&acked_at) = self.acks.get(&(d.queue.clone(), d.group.clone(), d.offset)) {
@@ -143,6 +168,12 @@ impl Ledger {
                     r.duplicated += 1;
                     r.note(format!("{}@{} delivered to {} after its ack was confirmed", d.queue, d.offset, d.group));
                 }
+            }
+            if self.auto_groups.contains(&(d.queue.clone(), d.group.clone()))
+                && !auto_seen.insert((&d.queue, &d.group, d.offset))
+            {
+                r.duplicated += 1;
+                r.note(format!("{}@{} delivered twice to auto-ack group {}", d.queue, d.offset, d.group));
             }
             // First deliveries to one consumer come in offset order.
             if d.deliveries == 1 {
@@ -159,18 +190,25 @@ impl Ledger {
                 last_first.insert(k, d.offset);
             }
         }
+        for ((queue, offset), old, new) in &self.reused {
+            r.lost += 1;
+            r.note(format!("lost: {queue}@{offset} acknowledged for {old}, later for {new}"));
+        }
+        // Every acknowledged message was acked by every group that must see
+        // it (the drain acks whatever is delivered, so a message a group
+        // skipped, or never got, has no ack).
         for ((queue, offset), id) in &self.acked {
             for (q, g) in self.complete_groups.iter().filter(|(q, _)| q == queue) {
-                if !seen.contains(&(q.as_str(), g.as_str(), *offset)) {
+                if !self.ack_attempts.contains(&(q.clone(), g.clone(), *offset)) {
                     r.lost += 1;
-                    r.note(format!("lost: {queue}@{offset} ({id}) never delivered to {g}"));
+                    r.note(format!("lost: {queue}@{offset} ({id}) never delivered to {g} to ack"));
                 }
             }
         }
-        for ((queue, m), offsets) in &self.msg_ids {
+        for ((queue, id), offsets) in msg_id_copies {
             if offsets.len() > 1 {
                 r.duplicated += 1;
-                r.note(format!("{queue}: msg_id {m} stored at {offsets:?}"));
+                r.note(format!("{queue}: {id} (published with a msg_id) stored at {offsets:?}"));
             }
         }
         r
@@ -235,29 +273,51 @@ mod tests {
     fn the_check_finds_each_kind_of_violation() {
         let mut l = Ledger::default();
         l.complete_groups.insert(("q".into(), "g".into()));
+        l.auto_groups.insert(("q".into(), "auto".into()));
         let p = |id: &str| payload(id, 10, 3);
-        for id in ["a", "b", "c"] {
+        for id in ["a", "c", "r1", "r2"] {
             l.attempt(id);
         }
-        l.published("q", 0, "a", Some("m"));
-        l.published("q", 1, "b", Some("m"));
-        l.published("q", 2, "c", None);
+        l.attempt_with_msg_id("b");
+        l.published("q", 0, "a");
+        l.published("q", 1, "b");
+        l.published("q", 2, "c");
+        // Offset 3 acknowledged twice for different payloads: r1 was lost.
+        l.published("q", 3, "r1");
+        l.published("q", 3, "r2");
         l.delivered("q", "g", 1, 0, &p("a"), 1);
+        l.acking("q", "g", &[0]);
         l.acked("q", "g", &[0]);
+        // Delivered after its ack was confirmed.
         l.delivered("q", "g", 2, 0, &p("a"), 2);
+        // Never published.
         l.delivered("q", "g", 1, 1, &p("zz"), 1);
+        // A bad checksum.
         let mut bad = p("c");
         bad[12] ^= 1;
         l.delivered("q", "g", 3, 2, &bad, 1);
+        // Out of order for consumer 3.
         l.delivered("q", "g", 3, 1, &p("b"), 1);
+        // The msg_id payload at a second offset.
+        l.delivered("q", "g", 4, 9, &p("b"), 1);
+        // An auto-ack group sees offset 2 twice.
+        l.delivered("q", "auto", 5, 2, &p("c"), 1);
+        l.delivered("q", "auto", 6, 2, &p("c"), 1);
+        l.acking("q", "g", &[1, 2, 3]);
         let r = l.check();
-        assert_eq!((r.lost, r.unexpected, r.corrupted, r.duplicated, r.fifo), (0, 1, 2, 2, 1), "{r}");
+        // lost: the reused offset; unexpected: zz; corrupted: the CRC and
+        // "b acknowledged at 1, zz delivered"; duplicated: after the ack,
+        // the msg_id copy and the auto-ack repeat; FIFO: consumer 3.
+        assert_eq!((r.lost, r.unexpected, r.corrupted, r.duplicated, r.fifo), (1, 1, 2, 3, 1), "{r}");
+
         let mut clean = Ledger::default();
         clean.complete_groups.insert(("q".into(), "g".into()));
         clean.attempt("a");
-        clean.published("q", 0, "a", None);
-        assert_eq!(clean.check().lost, 1);
+        clean.published("q", 0, "a");
+        assert_eq!(clean.check().lost, 1, "never acked by g");
         clean.delivered("q", "g", 1, 0, &p("a"), 1);
+        assert_eq!(clean.check().lost, 1, "delivered is not enough: acked");
+        clean.acking("q", "g", &[0]);
         assert!(clean.check().clean());
     }
 }

@@ -140,16 +140,7 @@ fn main() -> anyhow::Result<()> {
             let outcomes = gmq_campaign::corrupt::corrupt_campaign(&work, first_seed, seeds, per_queue)?;
             let (mut lost, mut corrupted, mut named, mut quarantined, mut intact) = (0, 0, 0, 0, 0);
             for (i, o) in outcomes.iter().enumerate() {
-                println!(
-                    "seed {}: {}; verify named it: {}; quarantined {:?}; intact {}, lost {}, corrupted {}",
-                    first_seed + i as u64,
-                    o.damage,
-                    o.verify_named_it,
-                    o.quarantined,
-                    o.intact,
-                    o.lost,
-                    o.corrupted
-                );
+                println!("seed {}: {o}", first_seed + i as u64);
                 lost += o.lost;
                 corrupted += o.corrupted;
                 intact += o.intact;

@@ -77,8 +77,10 @@ Examples:
     #[command(after_help = "\
 Payloads are printed raw, each followed by a newline; --json prints one JSON
 line per message (payload in base64, offset, event, key, headers, ...).
+With auto ack (the default) a message is done once the server sends it: one
+the CLI cannot print (a closed pipe, Ctrl-C, a kill) is lost for the group.
 With --manual-ack, each message is acked only after it has been written to
-stdout: one the CLI could not write (a closed pipe, a kill) is delivered again.
+stdout: one the CLI could not write is delivered again (at least once).
 
 Examples:
   gmq consume jobs                                  one message, auto ack

@@ -486,7 +486,7 @@ fn compact(cli: &Cli, a: &args::Compact, out: &mut Out) -> Res {
     let engine = open_engine(dir)?;
     let bar = progress(total_bytes(&qs), "compacting");
     let mut rows = Vec::new();
-    let mut failed = 0;
+    let (mut failed, mut damaged) = (0, 0);
     for (name, qdir) in &qs {
         let before = dir_bytes(qdir);
         // Segments every group is done with go entirely first; what is left
@@ -503,7 +503,11 @@ fn compact(cli: &Cli, a: &args::Compact, out: &mut Out) -> Res {
                 rows.push((name.clone(), rep, deleted, reclaimed));
             }
             Err(e) => {
-                failed += 1;
+                if matches!(e, gmq_engine::Error::Corrupt { .. }) {
+                    damaged += 1;
+                } else {
+                    failed += 1;
+                }
                 eprintln!("gmq: {name}: {e}");
             }
         }
@@ -539,8 +543,11 @@ fn compact(cli: &Cli, a: &args::Compact, out: &mut Out) -> Res {
         let verb = if a.dry_run { "would reclaim" } else { "reclaimed" };
         out.line(format!("{verb} {} in all", human_bytes(total)))?;
     }
+    if damaged > 0 {
+        return Err(Fail::Damage(format!("{damaged} queues are damaged; run `gmq verify`")));
+    }
     if failed > 0 {
-        return Err(Fail::Damage(format!("{failed} queues could not be compacted")));
+        return Err(Fail::Other(format!("{failed} queues could not be compacted")));
     }
     Ok(())
 }
@@ -552,8 +559,10 @@ fn export(a: &args::Export, stdout: &mut Out) -> Res {
     data_dir(dir)?;
     warn_if_live(dir);
     let (_, qdir) = queues(dir, Some(&a.queue))?.remove(0);
-    let (text, _) = settings(&qdir);
-    let low = groups(&qdir, None).low;
+    let (text, parsed) = settings(&qdir);
+    let low = groups(&qdir, parsed.as_ref().map(|p| p.1)).low;
+    // Bytes a checkpoint says were synced are never an unfinished write.
+    let ckpt = std::fs::read(qdir.join(format::CHECKPOINT_FILE)).ok().and_then(|b| format::decode_checkpoint(&b));
     let mut file = match &a.output {
         Some(p) => {
             Some(std::io::BufWriter::new(std::fs::File::create(p).map_err(local(format!("creating {}", p.display())))?))
@@ -598,11 +607,17 @@ fn export(a: &args::Export, stdout: &mut Out) -> Res {
                 }
                 // The end of the active segment may be a write in progress
                 // (or one a crash cut short): never acknowledged either way.
-                SegmentItem::Damage { start, end, .. } if Some(base) == last && end == len => eprintln!(
-                    "gmq: {}: the last {} bytes are an unfinished write, not exported",
-                    path.display(),
-                    end - start
-                ),
+                SegmentItem::Damage { start, end, .. }
+                    if Some(base) == last
+                        && end == len
+                        && ckpt.is_none_or(|c| c.segment != base || start >= c.valid_len) =>
+                {
+                    eprintln!(
+                        "gmq: {}: the last {} bytes are an unfinished write, not exported",
+                        path.display(),
+                        end - start
+                    )
+                }
                 SegmentItem::Damage { start, end, reason } => {
                     damage += 1;
                     eprintln!("gmq: {}: bytes {start}..{end} unreadable, not exported: {reason}", path.display());
@@ -653,7 +668,7 @@ fn import_record(v: &Value, now: u64) -> Result<Option<gmq_engine::Message>, Str
     };
     // A lifetime runs from when the record was first stored.
     let ttl_ms = match (num("ttl_ms")?, num("timestamp_ms")?) {
-        (Some(ttl), Some(ts)) => match (ts + ttl).checked_sub(now) {
+        (Some(ttl), Some(ts)) => match ts.saturating_add(ttl).checked_sub(now) {
             Some(left) if left > 0 => Some(left),
             _ => return Ok(None),
         },

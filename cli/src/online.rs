@@ -221,18 +221,28 @@ async fn publish_lines(cli: &Cli, p: &args::Publish, queue: &str, c: &Client, ou
     });
     let (mut count, mut first, mut last) = (0u64, None, None);
     while let Some(line) = rx.recv().await {
+        // At most --batch lines and about 4 MiB of payload per request, far
+        // below the server's default frame limit (16 MiB, base64 included).
+        let mut bytes = line.as_ref().map_or(0, Vec::len);
         let mut batch = vec![line];
-        while batch.len() < p.batch.max(1) {
+        while batch.len() < p.batch.max(1) && bytes < 4 << 20 {
             match rx.try_recv() {
-                Ok(l) => batch.push(l),
+                Ok(l) => {
+                    bytes += l.as_ref().map_or(0, Vec::len);
+                    batch.push(l);
+                }
                 Err(_) => break,
             }
         }
         let mut msgs = Vec::with_capacity(batch.len());
+        let published = |e: Fail| {
+            eprintln!("gmq: {count} messages were published before this line");
+            e
+        };
         for (i, l) in batch.into_iter().enumerate() {
-            let l = l.map_err(local("reading input"))?;
+            let l = l.map_err(local("reading input")).map_err(published)?;
             let payload = if p.msg.base64 {
-                decode_b64(&l).map_err(|e| Fail::Other(format!("line {}: {e}", count + i as u64 + 1)))?
+                decode_b64(&l).map_err(|e| published(Fail::Other(format!("line {}: {e}", count + i as u64 + 1))))?
             } else {
                 l
             };
@@ -330,9 +340,11 @@ async fn consume(cli: &Cli, a: &args::Consume, c: &Client, out: &mut Out) -> Res
 }
 
 async fn follow(cli: &Cli, a: &args::Consume, mut o: ConsumeOptions, c: &Client, out: &mut Out) -> Res {
-    o.max = a.prefetch.max(1);
-    let mut sub = c.subscribe(&a.queue, &o).await?;
     let limit = a.max.unwrap_or(u64::MAX);
+    // No more in flight than will be printed: with auto ack, what the server
+    // sent is done.
+    o.max = a.prefetch.max(1).min(limit.max(1));
+    let mut sub = c.subscribe(&a.queue, &o).await?;
     let mut printed = 0u64;
     let mut unacked: Vec<u64> = Vec::new();
     let mut acks = tokio::task::JoinSet::new();

@@ -385,6 +385,15 @@ fn export_leaves_out_an_unfinished_tail_and_a_dry_run_exits_5_for_what_repair_ca
     let e = gmq(&["export", "-d", d(dir.path()), "q"]);
     assert_eq!(e.json_lines().len(), 41, "every acknowledged record");
     assert!(e.stderr.contains("unfinished write"), "{}", e.stderr);
+    // Damage in bytes the checkpoint says were synced is damage, not an
+    // unfinished write.
+    let mut flipped = std::fs::read(&last).unwrap();
+    flipped[start + 20] ^= 1;
+    flipped.truncate(whole);
+    std::fs::write(&last, &flipped).unwrap();
+    let e = gmq(&["export", "-d", d(dir.path()), "q"]);
+    assert_eq!(e.code, 5, "{e:?}");
+    assert!(e.stderr.contains("unreadable"), "{}", e.stderr);
 
     std::fs::write(dir.path().join("queues/q/queue"), "version = 1\ngarbage\n").unwrap();
     let dry = gmq(&["repair", "-d", d(dir.path()), "--dry-run"]);

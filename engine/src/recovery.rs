@@ -823,16 +823,20 @@ fn rebuild_index(vfs: &dyn Vfs, seg: &Path, dry_run: bool, rep: &mut RepairRepor
         return Ok(());
     }
     let idx = dir.join(format::index_file_name(base));
-    rep.actions.push(format!("write {} from the segment's records", idx.display()));
+    let action = format!("write {} from the segment's records", idx.display());
     if dry_run {
+        rep.actions.push(action);
         return Ok(());
     }
     let f = vfs.open(seg, OpenMode::Read)?;
     let len = f.len()?;
     let mut entries = Vec::new();
     let s = scan(f.as_ref(), SEGMENT_HEADER_LEN, len, base, |pos, r| index_push(&mut entries, pos, r.offset))?;
+    // A segment that still does not scan clean gets no index (the engine
+    // builds one from what it can read).
     if s.stop.is_none() && s.valid_end == len {
         vfs.write_atomic(&idx, &format::encode_index(base, len, &entries))?;
+        rep.actions.push(action);
     }
     Ok(())
 }
