@@ -11,15 +11,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use anyhow::{bail, ensure, Context};
-use gmq_client::{Client, ConsumeOptions, Message, Options};
+use gmq_client::{Client, ConsumeOptions, Message};
 use serde_json::{json, Value};
 
 use crate::ledger::{check_payload, payload};
 use crate::process::{binary, Server};
-use crate::Rng;
+use crate::{connect, runtime, Rng};
 
 /// Queues of the fixture.
 pub const QUEUES: [&str; 4] = ["k.a", "k.b", "k.c", "k.d"];
@@ -86,15 +85,6 @@ fn restore(files: &Files, to: &Path) -> anyhow::Result<()> {
         std::fs::write(at, b)?;
     }
     Ok(())
-}
-
-async fn connect(addr: &str) -> anyhow::Result<Client> {
-    let opts = Options { connect_timeout: Duration::from_secs(10), request_timeout: Some(Duration::from_secs(30)) };
-    Ok(Client::connect_with(addr, opts).await?)
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }
 
 /// Builds the fixture: the state after half the publishes (`older`) and at

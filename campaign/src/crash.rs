@@ -12,16 +12,16 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use gmq_client::{Client, ConsumeOptions, Message, Options};
+use gmq_client::{ConsumeOptions, Message};
 use serde_json::json;
 
-use crate::ledger::{payload, Ledger, Report};
+use crate::ledger::{payload, Report};
 use crate::process::{binary, Server};
-use crate::Rng;
+use crate::{connect, lock, take_and_ack, Rng, Shared};
 
 /// The queues under load, and the topic queue.
 pub const QUEUES: [&str; 2] = ["c.a", "c.b"];
@@ -49,18 +49,7 @@ struct Producer {
     retry: Option<(String, String, Vec<u8>)>,
 }
 
-type Shared = Arc<Mutex<Ledger>>;
-
-fn lock(l: &Shared) -> std::sync::MutexGuard<'_, Ledger> {
-    l.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 static CONSUMERS: AtomicU64 = AtomicU64::new(1);
-
-async fn connect(addr: &str) -> anyhow::Result<Client> {
-    let opts = Options { connect_timeout: Duration::from_secs(10), request_timeout: Some(Duration::from_secs(30)) };
-    Ok(Client::connect_with(addr, opts).await?)
-}
 
 /// Publishes until the connection dies. Returns the state to resume from.
 async fn produce(addr: String, n: u64, mut st: Producer, seed: u64, ledger: Shared) -> Producer {
@@ -144,24 +133,7 @@ async fn consume(addr: String, queue: &'static str, group: &'static str, ledger:
     let Ok(c) = connect(&addr).await else { return };
     let me = CONSUMERS.fetch_add(1, Ordering::Relaxed);
     let o = ConsumeOptions::manual(10).group(group).wait_ms(100);
-    loop {
-        let Ok(got) = c.consume(queue, &o).await else { return };
-        let offsets: Vec<u64> = got.iter().map(|d| d.offset).collect();
-        {
-            let mut l = lock(&ledger);
-            for d in &got {
-                l.delivered(queue, group, me, d.offset, &d.payload, d.deliveries);
-            }
-        }
-        if offsets.is_empty() {
-            continue;
-        }
-        lock(&ledger).acking(queue, group, &offsets);
-        match c.ack(queue, group, &offsets).await {
-            Ok(_) => lock(&ledger).acked(queue, group, &offsets),
-            Err(_) => return,
-        }
-    }
+    while take_and_ack(&c, &ledger, queue, me, &o).await.is_ok() {}
 }
 
 /// An auto-ack consumer in group `auto` on the second queue: at most once,
@@ -230,21 +202,8 @@ async fn drain(addr: &str, ledger: &Shared) -> anyhow::Result<()> {
     let groups: BTreeSet<(String, String)> = lock(ledger).complete_groups.clone();
     for (queue, group) in groups {
         let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let got = c.consume(&queue, &ConsumeOptions::manual(500).group(&group).wait_ms(200)).await?;
-            if got.is_empty() {
-                break;
-            }
-            let offsets: Vec<u64> = got.iter().map(|d| d.offset).collect();
-            {
-                let mut l = lock(ledger);
-                for d in &got {
-                    l.delivered(&queue, &group, me, d.offset, &d.payload, d.deliveries);
-                }
-            }
-            lock(ledger).acking(&queue, &group, &offsets);
-            c.ack(&queue, &group, &offsets).await?;
-            lock(ledger).acked(&queue, &group, &offsets);
+        let o = ConsumeOptions::manual(500).group(&group).wait_ms(200);
+        while take_and_ack(&c, ledger, &queue, me, &o).await? > 0 {
             if Instant::now() > deadline {
                 bail!("{queue}/{group} did not drain within 60 s");
             }

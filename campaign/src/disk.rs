@@ -15,11 +15,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
-use gmq_client::{Client, ConsumeOptions, ErrorCode, Message, Options};
+use gmq_client::{Client, ConsumeOptions, ErrorCode, Message};
 use serde_json::json;
 
 use crate::ledger::{check_payload, payload};
 use crate::process::Server;
+use crate::{connect, runtime};
 
 /// What a disk-fault run saw.
 #[derive(Debug, Default, Clone)]
@@ -48,15 +49,6 @@ impl std::fmt::Display for DiskOutcome {
             self.acknowledged, self.refused, self.resumed, self.lost, self.corrupted, self.refused_present
         )
     }
-}
-
-async fn connect(addr: &str) -> anyhow::Result<Client> {
-    let opts = Options { connect_timeout: Duration::from_secs(10), request_timeout: Some(Duration::from_secs(30)) };
-    Ok(Client::connect_with(addr, opts).await?)
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }
 
 /// Kills (-9) the gmq-server process under `strace` (the wrapper's child);

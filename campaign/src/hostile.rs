@@ -9,17 +9,17 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
-use gmq_client::{Client, ConsumeOptions, Message, Options};
+use gmq_client::{ConsumeOptions, Message};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::ledger::{payload, Ledger, Report};
+use crate::ledger::{payload, Report};
 use crate::process::Server;
-use crate::Rng;
+use crate::{connect, lock, take_and_ack, Rng, Shared};
 
 /// The limits the server runs with (a config file).
 pub const CONFIG: &str = "[limits]
@@ -75,17 +75,6 @@ fn status_kib(pid: u32, key: &str) -> anyhow::Result<u64> {
     Ok(line.split_whitespace().nth(1).context("value")?.parse()?)
 }
 
-type Shared = Arc<Mutex<Ledger>>;
-
-fn lock(l: &Shared) -> std::sync::MutexGuard<'_, Ledger> {
-    l.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-async fn connect(addr: &str) -> anyhow::Result<Client> {
-    let opts = Options { connect_timeout: Duration::from_secs(10), request_timeout: Some(Duration::from_secs(60)) };
-    Ok(Client::connect_with(addr, opts).await?)
-}
-
 /// A good producer: publishes until `stop`.
 async fn produce(addr: String, n: u64, ledger: Shared, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     let c = connect(&addr).await?;
@@ -111,21 +100,8 @@ async fn consume(
     let c = connect(&addr).await?;
     let o = ConsumeOptions::manual(50).group("work").wait_ms(100);
     while !stop.load(Ordering::Relaxed) {
-        let got = c.consume("good", &o).await?;
-        if got.is_empty() {
-            continue;
-        }
-        let offsets: Vec<u64> = got.iter().map(|d| d.offset).collect();
-        {
-            let mut l = lock(&ledger);
-            for d in &got {
-                l.delivered("good", "work", me, d.offset, &d.payload, d.deliveries);
-            }
-        }
-        lock(&ledger).acking("good", "work", &offsets);
-        c.ack("good", "work", &offsets).await?;
-        lock(&ledger).acked("good", "work", &offsets);
-        acked.fetch_add(offsets.len() as u64, Ordering::Relaxed);
+        let n = take_and_ack(&c, &ledger, "good", me, &o).await?;
+        acked.fetch_add(n as u64, Ordering::Relaxed);
     }
     Ok(())
 }
@@ -254,22 +230,7 @@ pub fn hostile_campaign(dir: &Path, seed: u64, h: &Hostility) -> anyhow::Result<
         }
         // Drain what the good consumers left.
         let c = connect(&addr).await?;
-        loop {
-            let got = c.consume("good", &ConsumeOptions::manual(1000).group("work")).await?;
-            if got.is_empty() {
-                break;
-            }
-            let offsets: Vec<u64> = got.iter().map(|d| d.offset).collect();
-            {
-                let mut l = lock(&ledger);
-                for d in &got {
-                    l.delivered("good", "work", 99, d.offset, &d.payload, d.deliveries);
-                }
-            }
-            lock(&ledger).acking("good", "work", &offsets);
-            c.ack("good", "work", &offsets).await?;
-            lock(&ledger).acked("good", "work", &offsets);
-        }
+        while take_and_ack(&c, &ledger, "good", 99, &ConsumeOptions::manual(1000).group("work")).await? > 0 {}
         Ok::<_, anyhow::Error>(())
     })?;
     let code = server.term()?;

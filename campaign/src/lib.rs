@@ -20,6 +20,57 @@ pub mod hostile;
 pub mod ledger;
 pub mod process;
 
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use gmq_client::{Client, ConsumeOptions, Options};
+
+/// The ledger, shared by the campaign's client tasks.
+pub type Shared = Arc<Mutex<ledger::Ledger>>;
+
+/// Locks the ledger (a panicked task does not hide what it recorded).
+pub fn lock(l: &Shared) -> MutexGuard<'_, ledger::Ledger> {
+    l.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A client with the campaign's timeouts.
+pub async fn connect(addr: &str) -> anyhow::Result<Client> {
+    let opts = Options { connect_timeout: Duration::from_secs(10), request_timeout: Some(Duration::from_secs(60)) };
+    Ok(Client::connect_with(addr, opts).await?)
+}
+
+/// A single-threaded runtime for a step that talks to the server.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
+
+/// One round of a manual-ack consumer: consume with `o`, record the
+/// deliveries, record the ack as sent, ack, record it as confirmed. Returns
+/// how many messages came (0: none within `o.wait_ms`).
+pub async fn take_and_ack(
+    c: &Client,
+    ledger: &Shared,
+    queue: &str,
+    consumer: u64,
+    o: &ConsumeOptions,
+) -> Result<usize, gmq_client::Error> {
+    let got = c.consume(queue, o).await?;
+    if got.is_empty() {
+        return Ok(0);
+    }
+    let offsets: Vec<u64> = got.iter().map(|d| d.offset).collect();
+    {
+        let mut l = lock(ledger);
+        for d in &got {
+            l.delivered(queue, &o.group, consumer, d.offset, &d.payload, d.deliveries);
+        }
+        l.acking(queue, &o.group, &offsets);
+    }
+    c.ack(queue, &o.group, &offsets).await?;
+    lock(ledger).acked(queue, &o.group, &offsets);
+    Ok(offsets.len())
+}
+
 /// A small seeded generator (xorshift64*), so a campaign replays exactly.
 #[derive(Debug, Clone)]
 pub struct Rng(u64);

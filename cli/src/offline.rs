@@ -80,8 +80,13 @@ fn segments(qdir: &Path) -> Res<Vec<(u64, PathBuf, u64)>> {
     Ok(segs)
 }
 
+/// Bytes of a queue's segments (0 if they cannot be listed).
+fn queue_bytes(qdir: &Path) -> u64 {
+    segments(qdir).map_or(0, |s| s.iter().map(|x| x.2).sum())
+}
+
 fn total_bytes(qs: &[(String, PathBuf)]) -> u64 {
-    qs.iter().filter_map(|(_, d)| segments(d).ok()).flatten().map(|s| s.2).sum()
+    qs.iter().map(|(_, d)| queue_bytes(d)).sum()
 }
 
 /// The queue's settings file, as text and parsed.
@@ -360,15 +365,17 @@ fn finding_json(f: &recovery::Finding) -> Value {
 }
 
 fn verify_report(dir: &Path, qs: &[(String, PathBuf)]) -> Res<recovery::VerifyReport> {
-    let bar = progress(total_bytes(qs), "verifying");
+    // Listed once: for the bar's total and its steps.
+    let sizes: Vec<u64> = qs.iter().map(|(_, d)| queue_bytes(d)).collect();
+    let bar = progress(sizes.iter().sum(), "verifying");
     let mut all = recovery::VerifyReport::default();
-    for (name, qdir) in qs {
+    for ((name, qdir), size) in qs.iter().zip(sizes) {
         let r = recovery::verify(&RealFs, dir, Some(name)).map_err(local(format!("reading {}", qdir.display())))?;
         all.queues += r.queues;
         all.segments += r.segments;
         all.records += r.records;
         all.findings.extend(r.findings);
-        bar.inc(segments(qdir).map(|s| s.iter().map(|x| x.2).sum()).unwrap_or(0));
+        bar.inc(size);
     }
     bar.finish_and_clear();
     Ok(all)
