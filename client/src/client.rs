@@ -329,6 +329,12 @@ impl Subscription {
         self.rx.recv().await
     }
 
+    /// The next delivery if one has already arrived; `None` when none is
+    /// waiting (or the subscription has ended: [`next`](Self::next) says so).
+    pub fn try_next(&mut self) -> Option<Result<Delivery, Error>> {
+        self.rx.try_recv().ok()
+    }
+
     /// Acks deliveries (on the subscription's connection, so its credit
     /// comes back at once).
     pub async fn ack(&self, offsets: &[u64]) -> Result<u64, Error> {
