@@ -1,15 +1,17 @@
-//! The connection: a writer shared by every request (pipelining) and a
-//! reader task that hands each reply to its request by id, and each push
-//! frame to its subscription.
+//! The connection: every request appends its line to one outbox, which a
+//! writer task sends with as few writes as it can (pipelining: requests
+//! issued together leave in one segment), and a reader task hands each
+//! reply to its request by id, and each push frame to its subscription.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use gmq_protocol::ErrorCode;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -51,17 +53,28 @@ struct Table {
     closed: Option<Error>,
 }
 
+/// What the tasks and the requests share.
+#[derive(Default)]
+struct Shared {
+    table: Mutex<Table>,
+    /// Request lines not yet handed to the socket.
+    outbox: Mutex<Vec<u8>>,
+    /// Wakes the writer when the outbox gains a line.
+    wake: tokio::sync::Notify,
+}
+
 struct Inner {
-    writer: tokio::sync::Mutex<OwnedWriteHalf>,
-    table: Arc<Mutex<Table>>,
+    shared: Arc<Shared>,
     next_id: AtomicU64,
     opts: Options,
     reader: JoinHandle<()>,
+    writer: JoinHandle<()>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         self.reader.abort();
+        self.writer.abort();
     }
 }
 
@@ -77,7 +90,7 @@ impl std::fmt::Debug for Client {
     }
 }
 
-fn lock(t: &Mutex<Table>) -> std::sync::MutexGuard<'_, Table> {
+fn lock<T>(t: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     t.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -95,17 +108,10 @@ impl Client {
             .map_err(|e| Error::Io(format!("connecting to {addr}: {e}")))?;
         let _ = sock.set_nodelay(true);
         let (r, w) = sock.into_split();
-        let table = Arc::new(Mutex::new(Table::default()));
-        let reader = tokio::spawn(read_loop(r, table.clone()));
-        Ok(Client {
-            inner: Arc::new(Inner {
-                writer: tokio::sync::Mutex::new(w),
-                table,
-                next_id: AtomicU64::new(1),
-                opts,
-                reader,
-            }),
-        })
+        let shared = Arc::new(Shared::default());
+        let reader = tokio::spawn(read_loop(r, shared.clone()));
+        let writer = tokio::spawn(write_loop(w, shared.clone()));
+        Ok(Client { inner: Arc::new(Inner { shared, next_id: AtomicU64::new(1), opts, reader, writer }) })
     }
 
     /// Sends any request (an object with `op`) and returns the reply's
@@ -115,13 +121,30 @@ impl Client {
     }
 
     async fn send(&self, mut req: Value, pushes: Option<Pushes>, extra_wait: Option<Duration>) -> Result<Value, Error> {
+        self.send_with(
+            move |id, out| {
+                req["id"] = json!(id);
+                serde_json::to_writer(&mut *out, &req).map_err(|e| Error::Protocol(e.to_string()))
+            },
+            pushes,
+            extra_wait,
+        )
+        .await
+    }
+
+    /// Sends the line `write` appends (given the request's id; the newline
+    /// is added) and waits for its reply.
+    async fn send_with(
+        &self,
+        write: impl FnOnce(u64, &mut Vec<u8>) -> Result<(), Error>,
+        pushes: Option<Pushes>,
+        extra_wait: Option<Duration>,
+    ) -> Result<Value, Error> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        req["id"] = json!(id);
-        let mut line = serde_json::to_vec(&req).map_err(|e| Error::Protocol(e.to_string()))?;
-        line.push(b'\n');
+        let shared = &self.inner.shared;
         let (tx, rx) = oneshot::channel();
         {
-            let mut t = lock(&self.inner.table);
+            let mut t = lock(&shared.table);
             if let Some(e) = &t.closed {
                 return Err(e.clone());
             }
@@ -131,16 +154,23 @@ impl Client {
             };
             t.waiters.insert(id, w);
         }
-        let written = self.inner.writer.lock().await.write_all(&line).await;
-        if let Err(e) = written {
-            lock(&self.inner.table).waiters.remove(&id);
-            return Err(Error::Io(format!("sending: {e}")));
+        {
+            let mut out = lock(&shared.outbox);
+            let start = out.len();
+            if let Err(e) = write(id, &mut out) {
+                out.truncate(start);
+                drop(out);
+                lock(&shared.table).waiters.remove(&id);
+                return Err(e);
+            }
+            out.push(b'\n');
         }
+        shared.wake.notify_one();
         let reply = match self.inner.opts.request_timeout.map(|t| t + extra_wait.unwrap_or_default()) {
             Some(t) => match tokio::time::timeout(t, rx).await {
                 Ok(r) => r,
                 Err(_) => {
-                    lock(&self.inner.table).waiters.remove(&id);
+                    lock(&shared.table).waiters.remove(&id);
                     return Err(Error::Timeout(t));
                 }
             },
@@ -171,11 +201,25 @@ impl Client {
 
     /// Publishes one message (the queue is created if missing).
     pub async fn publish(&self, queue: &str, m: Message) -> Result<Published, Error> {
-        let mut req = json!({"op":"publish","queue":queue});
-        if let Value::Object(o) = &mut req {
-            m.fields(o);
-        }
-        let v = self.request(req).await?;
+        let v = if m.is_plain() {
+            // The common case, written straight into the outbox: no JSON
+            // value, and the base64 encoded in place.
+            let write = |id: u64, out: &mut Vec<u8>| {
+                out.extend_from_slice(b"{\"op\":\"publish\",\"queue\":");
+                serde_json::to_writer(&mut *out, queue).map_err(|e| Error::Protocol(e.to_string()))?;
+                out.extend_from_slice(format!(",\"id\":{id},\"payload\":\"").as_bytes());
+                gmq_protocol::b64::encode_append(&m.payload, out);
+                out.extend_from_slice(b"\"}");
+                Ok(())
+            };
+            self.send_with(write, None, None).await?
+        } else {
+            let mut req = json!({"op":"publish","queue":queue});
+            if let Value::Object(o) = &mut req {
+                m.fields(o);
+            }
+            self.request(req).await?
+        };
         Ok(Published { offset: u64_of(&v, "offset")?, duplicate: v["duplicate"] == json!(true) })
     }
 
@@ -352,23 +396,128 @@ impl Subscription {
     }
 }
 
-async fn read_loop(r: OwnedReadHalf, table: Arc<Mutex<Table>>) {
-    let mut r = BufReader::new(r);
-    let mut line = String::new();
-    let why = loop {
-        line.clear();
-        match r.read_line(&mut line).await {
-            Ok(0) => break Error::Closed,
-            Ok(_) => {}
-            Err(e) => break Error::Io(format!("receiving: {e}")),
+/// Sends what the outbox holds, all of it in one write when it can.
+async fn write_loop(mut w: OwnedWriteHalf, shared: Arc<Shared>) {
+    let mut spare = Vec::new();
+    loop {
+        shared.wake.notified().await;
+        loop {
+            let buf = std::mem::replace(&mut *lock(&shared.outbox), std::mem::take(&mut spare));
+            if buf.is_empty() {
+                spare = buf;
+                break;
+            }
+            if let Err(e) = w.write_all(&buf).await {
+                close(&shared, Error::Io(format!("sending: {e}")));
+                return;
+            }
+            spare = buf;
+            spare.clear();
         }
-        let v: Value = match serde_json::from_str(&line) {
+    }
+}
+
+/// A subscription's push frame, read without building a JSON value: the
+/// payload is borrowed from the line and decoded once.
+#[derive(serde::Deserialize)]
+struct PushFrame<'a> {
+    #[serde(borrow)]
+    sub: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    message: WireDelivery<'a>,
+}
+
+#[derive(serde::Deserialize)]
+struct WireDelivery<'a> {
+    offset: u64,
+    #[serde(borrow)]
+    payload: std::borrow::Cow<'a, str>,
+    event: Option<String>,
+    key: Option<String>,
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    timestamp_ms: u64,
+    #[serde(default = "one")]
+    deliveries: u32,
+    msg_id: Option<String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl WireDelivery<'_> {
+    fn into_delivery(self) -> Result<Delivery, Error> {
+        let payload = gmq_protocol::b64::decode(self.payload.as_bytes())
+            .ok_or_else(|| Error::Protocol(format!("delivered message {}: payload is not base64", self.offset)))?;
+        Ok(Delivery {
+            offset: self.offset,
+            payload: payload.into(),
+            event: self.event,
+            key: self.key,
+            headers: self.headers,
+            timestamp_ms: self.timestamp_ms,
+            deliveries: self.deliveries,
+            msg_id: self.msg_id,
+        })
+    }
+}
+
+/// Hands a push to its subscription: `false` if the subscription is gone.
+async fn push(shared: &Shared, sub: &str, push: Result<Delivery, Error>) {
+    let ended = push.is_err();
+    let tx = {
+        let mut t = lock(&shared.table);
+        if ended {
+            t.subs.remove(sub)
+        } else {
+            t.subs.get(sub).cloned()
+        }
+    };
+    if let Some(tx) = tx {
+        // Bounded: a subscriber that does not read slows the connection
+        // (and the server stops pushing).
+        let _ = tx.send(push).await;
+    }
+}
+
+async fn read_loop(mut r: OwnedReadHalf, shared: Arc<Shared>) {
+    let mut buf = BytesMut::with_capacity(64 << 10);
+    let mut scanned = 0;
+    let why = 'conn: loop {
+        let line = match memchr::memchr(b'\n', &buf[scanned..]) {
+            Some(i) => {
+                let end = scanned + i;
+                scanned = 0;
+                buf.split_to(end + 1)
+            }
+            None => {
+                scanned = buf.len();
+                if buf.capacity() - buf.len() < 16 << 10 {
+                    buf.reserve(64 << 10);
+                }
+                match r.read_buf(&mut buf).await {
+                    Ok(0) => break Error::Closed,
+                    Ok(_) => continue,
+                    Err(e) => break Error::Io(format!("receiving: {e}")),
+                }
+            }
+        };
+        if line.starts_with(b"{\"sub\":") {
+            if let Ok(f) = serde_json::from_slice::<PushFrame<'_>>(&line) {
+                let sub = f.sub.clone().into_owned();
+                push(&shared, &sub, f.message.into_delivery()).await;
+                continue 'conn;
+            }
+        }
+        let v: Value = match serde_json::from_slice(&line) {
             Ok(v) => v,
             Err(e) => break Error::Protocol(format!("the server sent invalid JSON ({e})")),
         };
         if v.get("ok").is_none() {
             if let Some(sub) = v.get("sub").and_then(Value::as_str) {
-                let push = match (v.get("message"), v.get("error")) {
+                let p = match (v.get("message"), v.get("error")) {
                     (Some(m), _) => Delivery::from_json(m),
                     (None, Some(e)) => Err(Error::Server {
                         code: e["code"].as_str().and_then(ErrorCode::parse).unwrap_or(ErrorCode::Storage),
@@ -376,20 +525,7 @@ async fn read_loop(r: OwnedReadHalf, table: Arc<Mutex<Table>>) {
                     }),
                     _ => Err(Error::Protocol(format!("push frame without message: {v}"))),
                 };
-                let ended = push.is_err();
-                let tx = {
-                    let mut t = lock(&table);
-                    if ended {
-                        t.subs.remove(sub)
-                    } else {
-                        t.subs.get(sub).cloned()
-                    }
-                };
-                if let Some(tx) = tx {
-                    // Bounded: a subscriber that does not read slows the
-                    // connection (and the server stops pushing).
-                    let _ = tx.send(push).await;
-                }
+                push(&shared, sub, p).await;
                 continue;
             }
         }
@@ -402,22 +538,30 @@ async fn read_loop(r: OwnedReadHalf, table: Arc<Mutex<Table>>) {
                 None => Error::Protocol(msg),
             };
         };
-        let w = lock(&table).waiters.remove(&id);
+        let w = lock(&shared.table).waiters.remove(&id);
         match w {
             Some(Waiter::Reply(tx)) => {
                 let _ = tx.send(Ok(v));
             }
             Some(Waiter::Subscribe(tx, pushes)) => {
                 if let Some(sub) = v.get("sub").and_then(Value::as_str) {
-                    lock(&table).subs.insert(sub.to_owned(), pushes);
+                    lock(&shared.table).subs.insert(sub.to_owned(), pushes);
                 }
                 let _ = tx.send(Ok(v));
             }
             None => {}
         }
     };
+    close(&shared, why);
+}
+
+/// Ends the connection for every request and subscription: each hears why.
+fn close(shared: &Shared, why: Error) {
     let (waiters, subs) = {
-        let mut t = lock(&table);
+        let mut t = lock(&shared.table);
+        if t.closed.is_some() {
+            return;
+        }
         t.closed = Some(why.clone());
         (std::mem::take(&mut t.waiters), std::mem::take(&mut t.subs))
     };

@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 
-use base64::Engine as _;
 use bytes::Bytes;
 use gmq_protocol::{ErrorCode, Start};
 use serde_json::{json, Map, Value};
@@ -83,9 +82,18 @@ impl Message {
         self
     }
 
+    /// Only a payload: nothing else to send.
+    pub(crate) fn is_plain(&self) -> bool {
+        self.event.is_none()
+            && self.key.is_none()
+            && self.headers.is_empty()
+            && self.ttl_ms.is_none()
+            && self.msg_id.is_none()
+    }
+
     /// The message's fields as a request carries them.
     pub(crate) fn fields(&self, into: &mut Map<String, Value>) {
-        into.insert("payload".into(), json!(base64::engine::general_purpose::STANDARD.encode(&self.payload)));
+        into.insert("payload".into(), json!(gmq_protocol::b64::encode(&self.payload)));
         if let Some(e) = &self.event {
             into.insert("event".into(), json!(e));
         }
@@ -130,8 +138,7 @@ impl Delivery {
         let bad = |what: &str| Error::Protocol(format!("delivered message: {what} in {v}"));
         let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
         let payload = v.get("payload").and_then(Value::as_str).ok_or_else(|| bad("no payload"))?;
-        let payload =
-            base64::engine::general_purpose::STANDARD.decode(payload).map_err(|_| bad("payload is not base64"))?;
+        let payload = gmq_protocol::b64::decode(payload.as_bytes()).ok_or_else(|| bad("payload is not base64"))?;
         let headers = match v.get("headers") {
             Some(Value::Object(m)) => {
                 m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())).collect()

@@ -20,6 +20,7 @@
 //! This crate knows nothing of the engine or of sockets: the server maps
 //! requests onto the engine, and clients use the same types.
 
+pub mod b64;
 pub mod error;
 pub mod frame;
 pub mod reply;

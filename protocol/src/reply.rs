@@ -3,7 +3,6 @@
 //! Field order is fixed (`id`, `ok`, then the op's fields) so that replies
 //! are easy to read in a terminal and byte-stable for tests of examples.
 
-use base64::Engine as _;
 use bytes::Bytes;
 use serde::Serialize;
 
@@ -129,11 +128,7 @@ impl Delivered<'_> {
     /// Writes the message object.
     pub fn write(&self, buf: &mut Vec<u8>) {
         buf.extend_from_slice(format!("{{\"offset\":{},\"payload\":\"", self.offset).as_bytes());
-        let start = buf.len();
-        let len = base64::encoded_len(self.payload.len(), true).unwrap_or(0);
-        buf.resize(start + len, 0);
-        let n = base64::engine::general_purpose::STANDARD.encode_slice(self.payload, &mut buf[start..]).unwrap_or(0);
-        buf.truncate(start + n);
+        crate::b64::encode_append(self.payload, buf);
         buf.push(b'"');
         if let Some(e) = self.event {
             buf.extend_from_slice(b",\"event\":");
@@ -200,5 +195,5 @@ pub fn legacy_reply(operation: &str, queue: &str, payload: &str, error: Option<&
 
 /// Base64 of raw bytes, as payloads travel.
 pub fn encode_payload(raw: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(raw)
+    crate::b64::encode(raw)
 }
