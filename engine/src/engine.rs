@@ -79,6 +79,23 @@ pub struct OpenReport {
     pub quarantined: Vec<(String, Error)>,
 }
 
+/// Work a non-blocking engine call left for a thread that may block (see
+/// [`Engine::consume_nonblocking`]).
+#[derive(Debug, Default)]
+#[must_use = "a follow-up left undone leaves dead letters unmoved and the state log growing"]
+pub struct Followup {
+    queue: Option<Arc<Queue>>,
+    dead: Vec<DeadLetter>,
+    snapshot: bool,
+}
+
+impl Followup {
+    /// Nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.dead.is_empty() && !self.snapshot
+    }
+}
+
 /// A queue in [`Engine::list`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueSummary {
@@ -588,11 +605,57 @@ impl Engine {
             }
             return Ok(Pending::ready(Vec::new()));
         };
-        let (p, dead) = q.consume(group, consumer, opts)?;
+        let (p, dead, _) = q.consume(group, consumer, opts, true)?;
         if !dead.is_empty() {
             self.dead_letter(&q, dead);
         }
         Ok(p)
+    }
+
+    /// [`Engine::consume`] without the parts that may block, for callers on
+    /// an async worker: moving dead letters and rewriting the group state
+    /// snapshot come back as a [`Followup`] to run elsewhere (or drop, if
+    /// [`Followup::is_empty`]). Records are read from the page cache or the
+    /// disk: a read of records not in memory waits for the disk.
+    pub fn consume_nonblocking(
+        &self,
+        queue: &str,
+        group: &str,
+        consumer: ConsumerId,
+        opts: &ConsumeOptions,
+    ) -> Result<(Pending<Vec<Delivery>>, Followup)> {
+        let Some(q) = self.get(queue)? else {
+            if !valid_name(group) {
+                return Err(Error::InvalidName(group.to_owned()));
+            }
+            return Ok((Pending::ready(Vec::new()), Followup::default()));
+        };
+        let (p, dead, snapshot) = q.consume(group, consumer, opts, false)?;
+        Ok((p, Followup { queue: Some(q), dead, snapshot }))
+    }
+
+    /// [`Engine::ack`] that never blocks: see [`Engine::consume_nonblocking`].
+    pub fn ack_nonblocking(&self, queue: &str, group: &str, offsets: &[u64]) -> Result<(Pending<usize>, Followup)> {
+        match self.get(queue)? {
+            Some(q) => {
+                let (p, snapshot) = q.ack_nonblocking(group, offsets)?;
+                Ok((p, Followup { queue: Some(q), dead: Vec::new(), snapshot }))
+            }
+            None => Ok((Pending::ready(0), Followup::default())),
+        }
+    }
+
+    /// Runs what a non-blocking call left: moves its dead letters and
+    /// rewrites the group state snapshot if it is (still) due. Blocks.
+    pub fn run_followup(&self, f: Followup) -> Result<()> {
+        let Some(q) = f.queue else { return Ok(()) };
+        if !f.dead.is_empty() {
+            self.dead_letter(&q, f.dead);
+        }
+        if f.snapshot {
+            q.snapshot_if_due()?;
+        }
+        Ok(())
     }
 
     /// Copies dead letters to the queue's dead-letter queue; the source

@@ -42,7 +42,7 @@ pub mod state;
 mod sync;
 
 pub use commit::Append;
-pub use engine::{Engine, EngineConfig, OpenReport, QueueSummary, SETTINGS_FILE};
+pub use engine::{Engine, EngineConfig, Followup, OpenReport, QueueSummary, SETTINGS_FILE};
 pub use error::{Error, Result};
 pub use format::{Message, Record};
 pub use group::{AckMode, ConsumerId, DeadReason, Delivery, Group, GroupCounters};

@@ -472,9 +472,21 @@ impl Queue {
         self.sgc.append(1, |b, _| b.buf.extend_from_slice(&buf))
     }
 
+    /// Whether the group state log has grown enough to be rewritten.
+    fn snapshot_due(st: &QState) -> bool {
+        st.state_grown >= SNAPSHOT_AFTER.max(st.snapshot_len * 4)
+    }
+
+    /// Rewrites the group state log as a snapshot if it is due. This waits
+    /// for the state log's commits and writes a file: callers that must not
+    /// block use [`Queue::snapshot_if_due`] later instead.
+    pub fn snapshot_if_due(&self) -> Result<()> {
+        self.maybe_snapshot(&mut self.lock())
+    }
+
     /// Rewrites the group state log as a snapshot when it has grown enough.
     fn maybe_snapshot(&self, st: &mut QState) -> Result<()> {
-        if st.state_grown < SNAPSHOT_AFTER.max(st.snapshot_len * 4) {
+        if !Self::snapshot_due(st) {
             return Ok(());
         }
         let low = st.low;
@@ -795,12 +807,15 @@ impl Queue {
     /// (only then may the messages be handed over: at-most-once across
     /// crashes). Messages due for the dead-letter queue come back separately
     /// for the engine to move.
+    /// With `snapshot` false, a due snapshot is left for
+    /// [`Queue::snapshot_if_due`] and the third value says it is due.
     pub(crate) fn consume(
         &self,
         group: &str,
         consumer: ConsumerId,
         opts: &ConsumeOptions,
-    ) -> Result<(Pending<Vec<Delivery>>, Vec<DeadLetter>)> {
+        snapshot: bool,
+    ) -> Result<(Pending<Vec<Delivery>>, Vec<DeadLetter>, bool)> {
         if consumer == crate::group::MOVING {
             return Err(Error::BadRequest(format!("consumer id {consumer} is reserved")));
         }
@@ -860,13 +875,18 @@ impl Queue {
             }
             tracing::warn!(queue = %self.name, group, error = %e, "a read failed part way; returning what was read");
         }
-        self.maybe_snapshot(&mut st)?;
+        let due = if snapshot {
+            self.maybe_snapshot(&mut st)?;
+            false
+        } else {
+            Self::snapshot_due(&st)
+        };
         let dead = polled
             .dead
             .into_iter()
             .map(|(record, deliveries, reason)| DeadLetter { group: group.to_owned(), record, deliveries, reason })
             .collect();
-        Ok((Pending::new(polled.out, waits), dead))
+        Ok((Pending::new(polled.out, waits), dead, due))
     }
 
     /// Records that the dead-letter copies of `offsets` are being stored;
@@ -915,18 +935,33 @@ impl Queue {
     /// ignored). The returned [`Pending`] — the number acked — completes when
     /// the acks are stored under the queue's fsync policy.
     pub fn ack(&self, group: &str, offsets: &[u64]) -> Result<Pending<usize>> {
+        self.ack_with(group, offsets, true).map(|(p, _)| p)
+    }
+
+    /// [`Queue::ack`] that never blocks: a due snapshot of the group state
+    /// is left for [`Queue::snapshot_if_due`], and the flag says it is due.
+    pub fn ack_nonblocking(&self, group: &str, offsets: &[u64]) -> Result<(Pending<usize>, bool)> {
+        self.ack_with(group, offsets, false)
+    }
+
+    fn ack_with(&self, group: &str, offsets: &[u64], snapshot: bool) -> Result<(Pending<usize>, bool)> {
         let now = self.env.clock.now_ms();
         let mut st = self.lock();
         self.settle_moves(&mut st, now)?;
-        let Some(g) = st.groups.get_mut(group) else { return Ok(Pending::ready(0)) };
+        let Some(g) = st.groups.get_mut(group) else { return Ok((Pending::ready(0), false)) };
         let done = g.ack(offsets);
         if done.is_empty() {
-            return Ok(Pending::ready(0));
+            return Ok((Pending::ready(0), false));
         }
         let rec = StateRec::Acks { gid: g.id, floor: g.floor(), ranges: state::to_ranges(&done) };
         let a = self.append_state(&mut st, &[rec])?;
-        self.maybe_snapshot(&mut st)?;
-        Ok(Pending::new(done.len(), vec![a]))
+        let due = if snapshot {
+            self.maybe_snapshot(&mut st)?;
+            false
+        } else {
+            Self::snapshot_due(&st)
+        };
+        Ok((Pending::new(done.len(), vec![a]), due))
     }
 
     /// Returns leased offsets of `group` for redelivery after `delay_ms`,

@@ -724,3 +724,77 @@ fn group_state_past_the_end_of_a_recovered_log_is_clamped() {
     env.publish("q", &["e"]);
     assert_eq!(payloads(&env.consume("q", "g", 1, 9, AckMode::Auto)), ["e"], "offset 2 is new, not done");
 }
+
+/// The engine's non-blocking consume and ack (what the server calls on its
+/// async workers).
+mod nonblocking {
+    use super::*;
+
+    both! {
+        consume_and_ack_leave_dead_letters_and_snapshots_to_the_followup => |env: Env| {
+            let e = env.e();
+            let spec = QueueSpec { max_deliveries: Some(1), ..QueueSpec::default() };
+            e.create_queue("w", &spec).unwrap();
+            env.publish("w", &["p", "q"]);
+            let manual = ConsumeOptions { max: 1, ack: AckMode::Manual, ..ConsumeOptions::default() };
+            let (got, f) = e.consume_nonblocking("w", "g", 1, &manual).unwrap();
+            assert_eq!(payloads(&got.wait().unwrap()), ["p"]);
+            assert!(f.is_empty(), "nothing left to do");
+            e.nack("w", "g", &[0], 0, None).unwrap();
+            // The next consume finds offset 0 past max_deliveries: its move is
+            // the follow-up's, and nothing reaches the dead-letter queue before.
+            let (got, f) = e.consume_nonblocking("w", "g", 1, &manual).unwrap();
+            assert_eq!(payloads(&got.wait().unwrap()), ["q"]);
+            assert!(!f.is_empty(), "a dead letter to move");
+            assert!(e.get("w.dlq").unwrap().is_none(), "not moved yet");
+            e.run_followup(f).unwrap();
+            let moved = env.consume("w.dlq", "x", 1, 9, AckMode::Auto);
+            assert_eq!((payloads(&moved), header(&moved[0], "x-dead-letter-offset")), (vec!["p".to_owned()], Some("0")));
+
+            // Acks until the group state log is due for a snapshot: the
+            // non-blocking ack leaves it, the follow-up writes it, and every
+            // ack is still there after a restart or crash.
+            let n = 40_000u64;
+            let batch: Vec<&str> = vec!["m"; 1000];
+            for _ in 0..n / 1000 {
+                env.publish("s", &batch);
+            }
+            let all = ConsumeOptions { max: n as usize, max_bytes: usize::MAX, ack: AckMode::Manual, ..ConsumeOptions::default() };
+            let got = e.consume("s", "g", 1, &all).unwrap().wait().unwrap();
+            assert_eq!(got.len() as u64, n);
+            let mut due = None;
+            for o in 0..n {
+                let (p, f) = e.ack_nonblocking("s", "g", &[o]).unwrap();
+                assert_eq!(p.wait().unwrap(), 1);
+                if !f.is_empty() {
+                    due = Some((o, f));
+                    break;
+                }
+            }
+            let (acked_to, f) = due.expect("the state log grows past the snapshot threshold");
+            e.run_followup(f).unwrap();
+            let (p, f) = e.ack_nonblocking("s", "g", &[acked_to + 1]).unwrap();
+            assert_eq!(p.wait().unwrap(), 1);
+            assert!(f.is_empty(), "the snapshot reset the growth");
+            let left = e.consume("s", "h", 2, &ConsumeOptions { from: Some(StartFrom::Oldest), ..all.clone() }).unwrap().wait().unwrap();
+            assert_eq!(left.len() as u64, n, "another group still sees everything");
+            if env.fs.is_some() {
+                let mut env = env;
+                env.crash();
+                e_after_restart_has_exactly(&env, acked_to + 2, n);
+            }
+        };
+    }
+
+    /// After a restart, group `g` of `s` has every offset from `first` on and none before.
+    fn e_after_restart_has_exactly(env: &Env, first: u64, n: u64) {
+        let all = ConsumeOptions {
+            max: n as usize,
+            max_bytes: usize::MAX,
+            ack: AckMode::Manual,
+            ..ConsumeOptions::default()
+        };
+        let left = env.e().consume("s", "g", 1, &all).unwrap().wait().unwrap();
+        assert_eq!(offsets(&left), (first..n).collect::<Vec<_>>());
+    }
+}

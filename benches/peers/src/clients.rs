@@ -56,8 +56,10 @@ pub enum Target {
 /// The consumer group every consumer joins.
 const GROUP: &str = "bench";
 
-/// Outstanding ack answers a consumer keeps before it waits for the oldest.
-const ACKS_IN_FLIGHT: usize = 4;
+/// Outstanding ack answers a consumer keeps before it waits for the oldest
+/// (an ack is answered once stored, an fsync later under `always`; the
+/// consumer goes on receiving meanwhile).
+const ACKS_IN_FLIGHT: usize = 64;
 
 impl Target {
     /// Makes the queue (stream) `queue` and, for consume cells, its group,

@@ -178,6 +178,9 @@ pub struct Limits {
     pub fio_seq: Option<FioResult>,
     /// A loopback echo of GMQ publish frames, producers × window in flight.
     pub echo: Option<Rate>,
+    /// The same echo with one frame in flight: the round trip under every
+    /// one-in-flight publish.
+    pub echo_one: Option<Rate>,
 }
 
 /// One run.
@@ -349,11 +352,18 @@ impl Ctx<'_> {
             Duration::from_secs_f64(a.warmup),
             Duration::from_secs_f64(a.duration),
         ))?;
+        let echo_one = self.rt.block_on(workloads::echo(
+            1,
+            1,
+            a.payload as usize,
+            Duration::from_secs_f64(a.warmup),
+            Duration::from_secs_f64(a.duration),
+        ))?;
         eprintln!(
-            "  limits: fdatasync p50 {:.0} µs, {:.0} MB/s durable sequential, echo {:.0} frames/s",
-            sync.sync_p50_us, seq.mb_per_s, echo.msgs_per_s
+            "  limits: fdatasync p50 {:.0} µs, {:.0} MB/s durable sequential, echo {:.0} frames/s, echo 1×1 p50 {:.0} µs",
+            sync.sync_p50_us, seq.mb_per_s, echo.msgs_per_s, echo_one.latency.p50_us
         );
-        Ok(Limits { fio_sync: Some(sync), fio_seq: Some(seq), echo: Some(echo) })
+        Ok(Limits { fio_sync: Some(sync), fio_seq: Some(seq), echo: Some(echo), echo_one: Some(echo_one) })
     }
 
     fn run(&self, index: usize, gmq_server: &Path) -> Result<Run> {

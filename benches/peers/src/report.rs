@@ -134,6 +134,13 @@ pub fn markdown(args: &Args, machine: &MachineInfo, runs: &[Run]) -> String {
         opt(lim(&|r| r.limits.echo.as_ref().map(|e| e.latency.p50_us)), latency_us),
         opt(lim(&|r| r.limits.echo.as_ref().map(|e| e.latency.p99_us)), latency_us),
     ]);
+    t.row([
+        "loopback echo of the publish frames, 1 in flight".into(),
+        opt(lim(&|r| r.limits.echo_one.as_ref().map(|e| e.msgs_per_s)), |x| format!("{} frames/s", grouped(x))),
+        opt(lim(&|r| r.limits.echo_one.as_ref().map(|e| e.mb_per_s)), sig3),
+        opt(lim(&|r| r.limits.echo_one.as_ref().map(|e| e.latency.p50_us)), latency_us),
+        opt(lim(&|r| r.limits.echo_one.as_ref().map(|e| e.latency.p99_us)), latency_us),
+    ]);
     let _ = writeln!(out, "### The machine's limits\n\n{}", t.to_markdown());
 
     let keys: Vec<(String, &System)> = args.systems.iter().map(|s| (s.key(), s)).collect();
