@@ -2,6 +2,7 @@
 //!
 //! - [`append`]: the engine's append path, one matrix cell at a time (fsync
 //!   policy × payload size × appenders, closed loop or pipelined).
+//! - [`cli`]: options more than one benchmark takes.
 //! - [`fio`]: the machine's own limits, measured with fio on the same disk
 //!   (fdatasync latency, sequential durable bandwidth), with the exact
 //!   command line so a report can print it.
@@ -19,6 +20,7 @@
 //! next to it.
 
 pub mod append;
+pub mod cli;
 pub mod fio;
 pub mod latency;
 pub mod load;

@@ -94,18 +94,6 @@ pub struct Args {
     /// Workload 3: most deliveries per ack.
     #[arg(long, default_value_t = 64)]
     batch: usize,
-    /// Workload 4: messages per second.
-    #[arg(long, default_value_t = 5000.0)]
-    rate: f64,
-    /// Workload 4: seconds measured, after `--e2e-warmup`.
-    #[arg(long, default_value_t = 5.0)]
-    e2e_duration: f64,
-    /// Workload 4: seconds of warm-up.
-    #[arg(long, default_value_t = 1.0)]
-    e2e_warmup: f64,
-    /// Workload 4: the consumer's prefetch.
-    #[arg(long, default_value_t = 64)]
-    e2e_prefetch: usize,
     /// Threads of the load generator's runtime.
     #[arg(long, default_value_t = 2)]
     client_threads: usize,
@@ -115,10 +103,10 @@ pub struct Args {
     /// Do not install missing servers (fail instead).
     #[arg(long)]
     no_install: bool,
-    /// Before each run, wait (up to 60 s) until other processes use at most
-    /// this many CPUs.
-    #[arg(long, default_value_t = 0.5)]
-    max_others_cpu: f64,
+    #[command(flatten)]
+    quiet: gmq_benches::cli::Quiet,
+    #[command(flatten)]
+    e2e: gmq_benches::cli::EndToEnd,
     /// Write every run as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -324,16 +312,16 @@ impl Ctx<'_> {
                 workloads::end_to_end(
                     target,
                     &queue,
-                    a.rate,
+                    a.e2e.rate,
                     payload,
-                    Duration::from_secs_f64(a.e2e_warmup),
-                    Duration::from_secs_f64(a.e2e_duration),
-                    a.e2e_prefetch,
+                    Duration::from_secs_f64(a.e2e.e2e_warmup),
+                    Duration::from_secs_f64(a.e2e.e2e_duration),
+                    a.e2e.e2e_prefetch,
                 ),
             )?;
             eprintln!(
                 "  {key}: e2e at {}/s: p50 {:.0} µs, p99 {:.0} µs",
-                a.rate, c.result.e2e.p50_us, c.result.e2e.p99_us
+                a.e2e.rate, c.result.e2e.p50_us, c.result.e2e.p99_us
             );
             out.e2e = Some(c);
         }
@@ -368,7 +356,7 @@ impl Ctx<'_> {
 
     fn run(&self, index: usize, gmq_server: &Path) -> Result<Run> {
         let a = self.args;
-        let quiet = wait_quiet(a.max_others_cpu, Duration::from_secs(60), self.cpus);
+        let quiet = wait_quiet(a.quiet.max_others_cpu, Duration::from_secs_f64(a.quiet.quiet_wait), self.cpus);
         let started = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let (load0, cpu0) = (load_average(), CpuSample::now());
         let scratch = tempfile::Builder::new().prefix("peers-").tempdir_in(&a.dir)?;

@@ -57,18 +57,21 @@ pub fn draw(path: &Path, systems: &[System], runs: &[Run]) -> Result<()> {
             systems.iter().enumerate().filter_map(|(i, s)| Some((i, med(runs, &s.key(), metric)?, s))).collect();
         let max = vals.iter().map(|v| v.1).fold(0.0, f64::max).max(1e-9) * 1.25;
         let n = systems.len() as i32;
-        let labels: Vec<String> = systems.iter().map(System::label).collect();
+        // The first system on top.
+        let labels: Vec<String> = systems.iter().rev().map(System::label).collect();
+        let row = |i: usize| (systems.len() - 1 - i) as i32;
         let mut chart = ChartBuilder::on(area)
             .caption(name, ("sans-serif", 18))
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(150)
-            .build_cartesian_2d(0.0..max, (0..n).into_segmented())
+            .build_cartesian_2d(0.0..max, (0..n - 1).into_segmented())
             .map_err(|e| anyhow!("{e}"))?;
         chart
             .configure_mesh()
             .disable_y_mesh()
             .x_desc(unit)
+            .x_label_formatter(&|x| if unit == "ms" { format!("{x:.1}") } else { gmq_benches::table::grouped(*x) })
             .y_label_formatter(&|v| match v {
                 SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => {
                     labels.get(*i as usize).cloned().unwrap_or_default()
@@ -80,7 +83,7 @@ pub fn draw(path: &Path, systems: &[System], runs: &[Run]) -> Result<()> {
             .map_err(|e| anyhow!("{e}"))?;
         for (i, v, s) in &vals {
             let color = if s.fsyncs_before_ack() { RGBColor(46, 139, 87) } else { RGBColor(230, 140, 30) };
-            let i = *i as i32;
+            let i = row(*i);
             chart
                 .draw_series(Histogram::horizontal(&chart).style(color.filled()).margin(6).data([(i, *v)]))
                 .map_err(|e| anyhow!("{e}"))?;

@@ -284,7 +284,7 @@ pub fn markdown(args: &Args, machine: &MachineInfo, runs: &[Run]) -> String {
     let _ = writeln!(
         out,
         "### (4) End to end at {} msgs/s, {payload} B: scheduled send → delivery\n\n{}",
-        grouped(args.rate),
+        grouped(args.e2e.rate),
         t.to_markdown()
     );
 

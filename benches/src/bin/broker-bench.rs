@@ -75,14 +75,8 @@ struct Common {
     /// Also write every run and the medians as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Before each run, wait up to this many seconds for other processes to
-    /// use at most `--max-others-cpu` CPUs.
-    #[arg(long, default_value_t = 60.0)]
-    quiet_wait: f64,
-    /// A measurement during which other processes kept more than this many
-    /// CPUs busy on average counts as disturbed.
-    #[arg(long, default_value_t = 0.5)]
-    max_others_cpu: f64,
+    #[command(flatten)]
+    quiet: gmq_benches::cli::Quiet,
     /// Measure even when the directory is on tmpfs.
     #[arg(long)]
     allow_tmpfs: bool,
@@ -238,7 +232,7 @@ impl Base {
         if c.runs == 0 {
             bail!("--runs must be at least 1");
         }
-        if !(c.quiet_wait.is_finite() && c.quiet_wait >= 0.0) {
+        if !(c.quiet.quiet_wait.is_finite() && c.quiet.quiet_wait >= 0.0) {
             bail!("--quiet-wait must be non-negative");
         }
         let created = !c.dir.exists();
@@ -393,7 +387,7 @@ fn consume_run(base: &Base, a: &ConsumeArgs, i: usize) -> Result<ConsumeRun> {
         prefill.push((policy_label(policy), secs));
         queues.push((policy, name));
     }
-    let waited = wait_quiet(a.common.max_others_cpu, secs(a.common.quiet_wait), machine.cpus);
+    let waited = wait_quiet(a.common.quiet.max_others_cpu, secs(a.common.quiet.quiet_wait), machine.cpus);
     if waited > Duration::ZERO {
         eprintln!("[run {i}/{n}] waited {:.0} s for a quieter machine", waited.as_secs_f64());
     }
@@ -423,12 +417,12 @@ fn consume_run(base: &Base, a: &ConsumeArgs, i: usize) -> Result<ConsumeRun> {
                     latency_us(c.ack_latency.p99_us),
                     c.cpu.others_cpus
                 );
-                if c.cpu.others_cpus <= a.common.max_others_cpu || attempt > a.retries {
+                if c.cpu.others_cpus <= a.common.quiet.max_others_cpu || attempt > a.retries {
                     break c;
                 }
                 attempt += 1;
                 eprintln!("[run {i}/{n}] disturbed by other processes; running it again");
-                wait_quiet(a.common.max_others_cpu, secs(15.0), machine.cpus);
+                wait_quiet(a.common.quiet.max_others_cpu, secs(15.0), machine.cpus);
             };
             cells.push(cell);
         }
@@ -701,7 +695,7 @@ fn render_consume(command: &str, machine: &MachineInfo, a: &ConsumeArgs, runs: &
         "`ack` latency is the `ack` call plus the wait for its `Pending` (an fdatasync of the group state \
          under `always`). `others' CPUs`: CPUs other processes kept busy during the cell; a cell above {} \
          was run again, up to {} times.\n",
-        a.common.max_others_cpu, a.retries
+        a.common.quiet.max_others_cpu, a.retries
     );
 
     let never = policy_label(FsyncPolicy::Never);
@@ -1088,7 +1082,7 @@ fn restart_main(a: &RestartArgs) -> Result<()> {
     let mut runs = Vec::new();
     for i in 1..=runs_n {
         sync_all()?;
-        let waited = wait_quiet(a.common.max_others_cpu, secs(a.common.quiet_wait), machine.cpus);
+        let waited = wait_quiet(a.common.quiet.max_others_cpu, secs(a.common.quiet.quiet_wait), machine.cpus);
         if waited > Duration::ZERO {
             eprintln!("[run {i}/{runs_n}] waited {:.0} s for a quieter machine", waited.as_secs_f64());
         }

@@ -116,18 +116,6 @@ struct Args {
     /// Give up on a consume cell after this many seconds.
     #[arg(long, default_value_t = 120.0)]
     consume_timeout: f64,
-    /// End-to-end: messages per second, on a fixed schedule.
-    #[arg(long, default_value_t = 5000.0)]
-    rate: f64,
-    /// End-to-end: seconds measured.
-    #[arg(long, default_value_t = 5.0)]
-    e2e_duration: f64,
-    /// End-to-end: seconds run before measuring.
-    #[arg(long, default_value_t = 1.0)]
-    e2e_warmup: f64,
-    /// End-to-end: the subscriber's prefetch (manual ack).
-    #[arg(long, default_value_t = 64)]
-    e2e_prefetch: usize,
     /// Workloads to run.
     #[arg(long, value_delimiter = ',', default_value = "engine,publish,consume,e2e")]
     workloads: Vec<Workload>,
@@ -138,14 +126,10 @@ struct Args {
     /// Also write every run as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Before each run, wait up to this many seconds for other processes to
-    /// use at most `--max-others-cpu` CPUs.
-    #[arg(long, default_value_t = 60.0)]
-    quiet_wait: f64,
-    /// A cell during which other processes kept more than this many CPUs
-    /// busy on average is disturbed: it is run again (see `--retries`).
-    #[arg(long, default_value_t = 0.5)]
-    max_others_cpu: f64,
+    #[command(flatten)]
+    quiet: gmq_benches::cli::Quiet,
+    #[command(flatten)]
+    e2e: gmq_benches::cli::EndToEnd,
     /// Times a disturbed cell is run again; the last attempt counts.
     #[arg(long, default_value_t = 2)]
     retries: usize,
@@ -303,10 +287,10 @@ fn main() -> Result<()> {
         bail!("--runs must be at least 1");
     }
     let pos = |x: f64| x.is_finite() && x > 0.0;
-    if !pos(a.duration) || !pos(a.e2e_duration) || !pos(a.rate) || !pos(a.consume_timeout) {
+    if !pos(a.duration) || !pos(a.e2e.e2e_duration) || !pos(a.e2e.rate) || !pos(a.consume_timeout) {
         bail!("--duration, --e2e-duration, --rate and --consume-timeout must be positive");
     }
-    if !(a.warmup >= 0.0 && a.e2e_warmup >= 0.0 && a.quiet_wait >= 0.0) {
+    if !(a.warmup >= 0.0 && a.e2e.e2e_warmup >= 0.0 && a.quiet.quiet_wait >= 0.0) {
         bail!("--warmup, --e2e-warmup and --quiet-wait must be non-negative");
     }
     if a.connections.contains(&0) || a.consumers.contains(&0) || a.policies.is_empty() || a.backlog == 0 {
@@ -424,7 +408,7 @@ fn binary_freshness(binary: &Path) -> Option<String> {
 
 fn run(ctx: &Ctx<'_>, i: usize) -> Result<Run> {
     let a = ctx.a;
-    let waited = wait_quiet(a.max_others_cpu, secs(a.quiet_wait), ctx.machine.cpus);
+    let waited = wait_quiet(a.quiet.max_others_cpu, secs(a.quiet.quiet_wait), ctx.machine.cpus);
     if waited > Duration::ZERO {
         eprintln!("[run {i}/{}] waited {:.0} s for a quieter machine", a.runs, waited.as_secs_f64());
     }
@@ -473,11 +457,11 @@ fn retried<T>(ctx: &Ctx<'_>, at: &str, mut cell: impl FnMut(usize) -> Result<(T,
     let mut attempt = 1;
     loop {
         let (r, others) = cell(attempt)?;
-        if others <= ctx.a.max_others_cpu || attempt > ctx.a.retries {
+        if others <= ctx.a.quiet.max_others_cpu || attempt > ctx.a.retries {
             return Ok((r, attempt));
         }
         eprintln!("{at} disturbed by other processes ({others:.2} CPUs); running it again");
-        wait_quiet(ctx.a.max_others_cpu, secs(ctx.a.retry_pause), ctx.machine.cpus);
+        wait_quiet(ctx.a.quiet.max_others_cpu, secs(ctx.a.retry_pause), ctx.machine.cpus);
         attempt += 1;
     }
 }
@@ -630,11 +614,11 @@ fn policy_run(ctx: &Ctx<'_>, i: usize, policy: FsyncPolicy, server_ticks: &mut u
                 addr,
                 queue: format!("e2e-{attempt}"),
                 group: "e2e".into(),
-                rate: a.rate,
+                rate: a.e2e.rate,
                 payload: a.payload,
-                warmup: secs(a.e2e_warmup),
-                measure: secs(a.e2e_duration),
-                prefetch: a.e2e_prefetch.max(1),
+                warmup: secs(a.e2e.e2e_warmup),
+                measure: secs(a.e2e.e2e_duration),
+                prefetch: a.e2e.e2e_prefetch.max(1),
                 manual_ack: true,
                 drain_timeout: Duration::from_secs(30),
             };
@@ -642,7 +626,7 @@ fn policy_run(ctx: &Ctx<'_>, i: usize, policy: FsyncPolicy, server_ticks: &mut u
             let r = &m.result;
             eprintln!(
             "{at} end to end at {} msgs/s: p50 {} p99 {} p99.9 {} (publish → reply p50 {} p99 {}; send delay p99 {})",
-            grouped(a.rate),
+            grouped(a.e2e.rate),
             latency_us(r.end_to_end.p50_us),
             latency_us(r.end_to_end.p99_us),
             latency_us(r.end_to_end.p999_us),
@@ -937,7 +921,7 @@ fn render(command: &str, ctx: &Ctx<'_>, binary_note: Option<&str>, runs: &[Run])
     }
 
     if has(a, Workload::E2e) {
-        let _ = writeln!(o, "## End-to-end latency at {} msgs/s, {payload} (median of {n})\n", grouped(a.rate));
+        let _ = writeln!(o, "## End-to-end latency at {} msgs/s, {payload} (median of {n})\n", grouped(a.e2e.rate));
         let mut t = Table::new([
             ("fsync", Align::Left),
             ("delivered/s", Align::Right),
@@ -995,9 +979,9 @@ fn render(command: &str, ctx: &Ctx<'_>, binary_note: Option<&str>, runs: &[Run])
              scheduled time, so a stall delays the figures of every message scheduled during it (no \
              coordinated omission). `send delay` is the generator's own lateness in writing a message \
              after its scheduled time; it is part of both other figures.\n",
-            sig3(a.e2e_warmup),
-            sig3(a.e2e_duration),
-            a.e2e_prefetch
+            sig3(a.e2e.e2e_warmup),
+            sig3(a.e2e.e2e_duration),
+            a.e2e.e2e_prefetch
         );
     }
 
@@ -1009,7 +993,7 @@ fn render(command: &str, ctx: &Ctx<'_>, binary_note: Option<&str>, runs: &[Run])
         ("server start", Align::Left),
         ("server warnings", Align::Right),
     ];
-    let limit = a.max_others_cpu;
+    let limit = a.quiet.max_others_cpu;
     let t = runs_table(runs, &extra, |r| {
         // (others' CPUs, attempts) of every cell of the run.
         let cells: Vec<(f64, usize)> = r
