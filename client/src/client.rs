@@ -464,6 +464,47 @@ impl WireDelivery<'_> {
     }
 }
 
+/// The push frame of a message with only a payload, as the server writes
+/// it (`{"sub":"..","message":{"offset":N,"payload":"..","timestamp_ms":N,
+/// "deliveries":N}}`), read by position: no JSON parser, no UTF-8 check of
+/// the payload. Anything else (other fields, escapes, other spacing) is
+/// `None`, and the JSON parser reads it.
+fn plain_push(line: &[u8]) -> Option<(&str, Result<Delivery, Error>)> {
+    fn number(b: &[u8]) -> Option<(u64, &[u8])> {
+        let n = b.iter().take_while(|c| c.is_ascii_digit()).count();
+        let v = std::str::from_utf8(&b[..n]).ok()?.parse().ok()?;
+        Some((v, &b[n..]))
+    }
+    fn quoted(b: &[u8]) -> Option<(&[u8], &[u8])> {
+        let q = memchr::memchr(b'"', b)?;
+        let (inside, rest) = b.split_at(q);
+        (!inside.contains(&b'\\')).then_some((inside, &rest[1..]))
+    }
+    let (sub, rest) = quoted(line.strip_prefix(b"{\"sub\":\"")?)?;
+    let (offset, rest) = number(rest.strip_prefix(b",\"message\":{\"offset\":")?)?;
+    let (payload, rest) = quoted(rest.strip_prefix(b",\"payload\":\"")?)?;
+    let (timestamp_ms, rest) = number(rest.strip_prefix(b",\"timestamp_ms\":")?)?;
+    let (deliveries, rest) = number(rest.strip_prefix(b",\"deliveries\":")?)?;
+    if rest != b"}}\n" && rest != b"}}" {
+        return None;
+    }
+    let sub = std::str::from_utf8(sub).ok()?;
+    let d = match gmq_protocol::b64::decode(payload) {
+        Some(p) => Ok(Delivery {
+            offset,
+            payload: p.into(),
+            event: None,
+            key: None,
+            headers: Default::default(),
+            timestamp_ms,
+            deliveries: u32::try_from(deliveries).unwrap_or(u32::MAX),
+            msg_id: None,
+        }),
+        None => Err(Error::Protocol(format!("delivered message {offset}: payload is not base64"))),
+    };
+    Some((sub, d))
+}
+
 /// Hands a push to its subscription: `false` if the subscription is gone.
 async fn push(shared: &Shared, sub: &str, push: Result<Delivery, Error>) {
     let ended = push.is_err();
@@ -505,6 +546,10 @@ async fn read_loop(mut r: OwnedReadHalf, shared: Arc<Shared>) {
             }
         };
         if line.starts_with(b"{\"sub\":") {
+            if let Some((sub, d)) = plain_push(&line) {
+                push(&shared, sub, d).await;
+                continue 'conn;
+            }
             if let Ok(f) = serde_json::from_slice::<PushFrame<'_>>(&line) {
                 let sub = f.sub.clone().into_owned();
                 push(&shared, &sub, f.message.into_delivery()).await;
@@ -571,5 +616,55 @@ fn close(shared: &Shared, why: Error) {
     }
     for (_, tx) in subs {
         let _ = tx.try_send(Err(why.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+    use super::*;
+
+    fn by_json(line: &[u8]) -> (String, Delivery) {
+        let f: PushFrame<'_> = serde_json::from_slice(line).unwrap();
+        (f.sub.clone().into_owned(), f.message.into_delivery().unwrap())
+    }
+
+    /// The positional reader takes exactly the frames the server writes for
+    /// plain messages, with the JSON parser's result, and leaves the rest.
+    #[test]
+    fn plain_push_agrees_with_the_json_reader() {
+        let raw: Vec<u8> = (0..=255u8).collect();
+        let m = gmq_protocol::reply::Delivered {
+            offset: 42,
+            payload: &raw,
+            event: None,
+            key: None,
+            headers: &[],
+            timestamp_ms: 1_763_800_000_123,
+            deliveries: 3,
+            ttl_ms: None,
+            msg_id: None,
+        };
+        let line = gmq_protocol::push_frame("s7", &m);
+        let (sub, d) = plain_push(&line).expect("a plain frame");
+        assert_eq!((sub.to_owned(), d.unwrap()), by_json(&line));
+        assert_eq!(&by_json(&line).1.payload[..], &raw[..]);
+
+        let headers = [("k".to_owned(), "v".to_owned())];
+        for other in [
+            gmq_protocol::reply::Delivered { event: Some("e"), ..m },
+            gmq_protocol::reply::Delivered { headers: &headers, ..m },
+            gmq_protocol::reply::Delivered { msg_id: Some("id"), ..m },
+            gmq_protocol::reply::Delivered { ttl_ms: Some(5), ..m },
+        ] {
+            let line = gmq_protocol::push_frame("s7", &other);
+            assert!(plain_push(&line).is_none(), "{}", String::from_utf8_lossy(&line));
+        }
+        let escaped = gmq_protocol::push_frame("s\"7", &m);
+        assert!(plain_push(&escaped).is_none());
+        assert_eq!(by_json(&escaped).0, "s\"7");
+        let bad = br#"{"sub":"s1","message":{"offset":1,"payload":"QR==","timestamp_ms":1,"deliveries":1}}"#;
+        assert!(matches!(plain_push(bad), Some((_, Err(Error::Protocol(_))))));
     }
 }

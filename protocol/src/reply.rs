@@ -165,13 +165,24 @@ impl Delivered<'_> {
 
 /// A subscription's push frame: `{"sub":"s1","message":{...}}`.
 pub fn push_frame(sub: &str, m: &Delivered<'_>) -> Bytes {
-    let mut buf = Vec::with_capacity(m.size_hint() + 16 + sub.len());
-    buf.extend_from_slice(b"{\"sub\":");
-    push_json(&mut buf, sub);
-    buf.extend_from_slice(b",\"message\":");
-    m.write(&mut buf);
-    buf.extend_from_slice(b"}\n");
+    let mut buf = Vec::with_capacity(push_frame_len(sub, m));
+    push_frame_into(&mut buf, sub, m);
     Bytes::from(buf)
+}
+
+/// About how many bytes [`push_frame`] makes (for reserving).
+pub fn push_frame_len(sub: &str, m: &Delivered<'_>) -> usize {
+    m.size_hint() + 16 + sub.len()
+}
+
+/// Appends a push frame (newline included) to `buf`: several frames may
+/// share one buffer and go to the socket as one piece.
+pub fn push_frame_into(buf: &mut Vec<u8>, sub: &str, m: &Delivered<'_>) {
+    buf.extend_from_slice(b"{\"sub\":");
+    push_json(buf, sub);
+    buf.extend_from_slice(b",\"message\":");
+    m.write(buf);
+    buf.extend_from_slice(b"}\n");
 }
 
 /// GMQ's reply: `{"operation":..,"queue":..,"payload":..,"confirmation":"Y"|"N","error":null|".."}`.

@@ -22,7 +22,8 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use gmq_engine::{AckMode, Clock, ConsumeOptions, ConsumerId, SystemClock};
-use gmq_protocol::{push_frame, WireError};
+use gmq_protocol::reply::{push_frame_into, push_frame_len};
+use gmq_protocol::WireError;
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::JoinHandle;
@@ -77,11 +78,14 @@ impl SubState {
     }
 }
 
-/// A push frame on its way to the socket.
+/// Push frames on their way to the socket: the deliveries of one consume,
+/// one frame (line) each, in one buffer.
 #[derive(Debug)]
 pub struct Push {
-    /// The frame.
+    /// The frames.
     pub frame: Bytes,
+    /// How many deliveries they carry.
+    count: usize,
     sub: Option<Arc<SubState>>,
 }
 
@@ -98,7 +102,7 @@ impl Push {
     pub fn written(&self) {
         if let Some(s) = &self.sub {
             if !s.manual {
-                s.unwritten.fetch_sub(1, Ordering::SeqCst);
+                s.unwritten.fetch_sub(self.count, Ordering::SeqCst);
                 s.credit.notify_one();
             }
         }
@@ -200,7 +204,7 @@ async fn run(
             let frame = json!({ "sub": spec.id, "error": { "code": e.code.as_str(), "message": e.message } });
             let mut line = serde_json::to_vec(&frame).unwrap_or_default();
             line.push(b'\n');
-            let _ = pushes.send(Push { frame: Bytes::from(line), sub: None }).await;
+            let _ = pushes.send(Push { frame: Bytes::from(line), count: 0, sub: None }).await;
         }
     }
     release(&shared, consumer).await;
@@ -254,24 +258,30 @@ async fn deliver(
         }
         let lease_ms = shared.engine.get(&spec.queue).ok().flatten().map_or(0, |q| q.settings().ack_timeout_ms);
         let deadline = clock.now_ms().saturating_add(lease_ms);
-        for d in &got {
-            if state.manual {
-                state.outstanding.lock().unwrap_or_else(|e| e.into_inner()).insert(d.record.offset, deadline);
-            } else {
-                state.unwritten.fetch_add(1, Ordering::SeqCst);
+        if state.manual {
+            let mut o = state.outstanding.lock().unwrap_or_else(|e| e.into_inner());
+            o.extend(got.iter().map(|d| (d.record.offset, deadline)));
+        } else {
+            state.unwritten.fetch_add(got.len(), Ordering::SeqCst);
+        }
+        // One buffer for the batch: one allocation and one hand-over to
+        // the writer instead of one per message.
+        let list: Vec<_> = got.iter().map(delivered).collect();
+        let mut frames = Vec::with_capacity(list.iter().map(|m| push_frame_len(&spec.id, m)).sum());
+        for m in &list {
+            push_frame_into(&mut frames, &spec.id, m);
+        }
+        let push = Push { frame: Bytes::from(frames), count: got.len(), sub: Some(state.clone()) };
+        if state.manual {
+            // Unsent manual deliveries go back to the group on release.
+            tokio::select! {
+                r = pushes.send(push) => if r.is_err() { return Ok(()) },
+                _ = stopped(stop) => return Ok(()),
             }
-            let push = Push { frame: push_frame(&spec.id, &delivered(d)), sub: Some(state.clone()) };
-            if state.manual {
-                // Unsent manual deliveries go back to the group on release.
-                tokio::select! {
-                    r = pushes.send(push) => if r.is_err() { return Ok(()) },
-                    _ = stopped(stop) => return Ok(()),
-                }
-            } else if pushes.send(push).await.is_err() {
-                // Auto-acked: every message taken is sent, unless the writer
-                // is gone (the client with it).
-                return Ok(());
-            }
+        } else if pushes.send(push).await.is_err() {
+            // Auto-acked: every message taken is sent, unless the writer is
+            // gone (the client with it).
+            return Ok(());
         }
     }
 }
