@@ -406,7 +406,7 @@ fn main() -> Result<()> {
     if args.runs == 0 || args.systems.is_empty() {
         bail!("nothing to run");
     }
-    systems::ensure_installed(&args.systems, !args.no_install)?;
+    systems::ensure_installed(&args.systems, !args.no_limits, !args.no_install)?;
     std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
     let machine = MachineInfo::probe(&args.dir);
     if machine.disk.is_memory() {

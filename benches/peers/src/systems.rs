@@ -123,9 +123,13 @@ impl System {
     }
 }
 
-/// The executables and Debian packages that `systems` need, with fio.
-fn needed(systems: &[System]) -> Vec<(&'static str, &'static str)> {
-    let mut v = vec![("/usr/bin/fio", "fio")];
+/// The executables and Debian packages that `systems` need, and fio when
+/// the machine's limits are measured.
+fn needed(systems: &[System], fio: bool) -> Vec<(&'static str, &'static str)> {
+    let mut v = Vec::new();
+    if fio {
+        v.push(("/usr/bin/fio", "fio"));
+    }
     if systems.contains(&System::Redis) {
         v.push((REDIS, "redis-server"));
     }
@@ -141,9 +145,9 @@ fn needed(systems: &[System]) -> Vec<(&'static str, &'static str)> {
 /// Installs the Debian packages of whatever is missing (`apt-get install`,
 /// after an `apt-get update` if the first try fails), or says what to
 /// install when `install` is false.
-pub fn ensure_installed(systems: &[System], install: bool) -> Result<()> {
+pub fn ensure_installed(systems: &[System], fio: bool, install: bool) -> Result<()> {
     let missing: Vec<&str> =
-        needed(systems).into_iter().filter(|(b, _)| !Path::new(b).exists()).map(|(_, p)| p).collect();
+        needed(systems, fio).into_iter().filter(|(b, _)| !Path::new(b).exists()).map(|(_, p)| p).collect();
     if missing.is_empty() {
         return Ok(());
     }
