@@ -294,7 +294,7 @@ pub fn markdown(args: &Args, machine: &MachineInfo, runs: &[Run]) -> String {
     let mut t = Table::new([
         ("run", Align::Right),
         ("load avg before → after", Align::Left),
-        ("others' CPUs", Align::Right),
+        ("others' CPUs, mean of cells (max)", Align::Right),
         ("steal", Align::Right),
         ("waited for quiet", Align::Right),
         ("server start", Align::Left),
@@ -304,7 +304,7 @@ pub fn markdown(args: &Args, machine: &MachineInfo, runs: &[Run]) -> String {
         t.row([
             (i + 1).to_string(),
             format!("{:.2} → {:.2}", r.load.0, r.load.1),
-            format!("{:.2}", r.cpu.others_cpus),
+            others_in_cells(r),
             pct(r.cpu.steal_pct),
             format!("{:.0} s", r.quiet_wait),
             starts.join(", "),
@@ -314,7 +314,31 @@ pub fn markdown(args: &Args, machine: &MachineInfo, runs: &[Run]) -> String {
     out
 }
 
-/// The four targets, each decided from per-run ratios.
+/// The CPUs other processes kept busy during each measurement of a run,
+/// leaving out the measured server (unlike the run's own total, where the
+/// peers' servers count as "others": they are not our waited-for children).
+fn others_in_cells(r: &Run) -> String {
+    let v: Vec<f64> = r
+        .systems
+        .iter()
+        .flat_map(|s| {
+            [
+                s.publish.as_ref().map(|c| c.cpu.others_cpus),
+                s.latency.as_ref().map(|c| c.cpu.others_cpus),
+                s.consume.as_ref().map(|c| c.cpu.others_cpus),
+                s.e2e.as_ref().map(|c| c.cpu.others_cpus),
+            ]
+        })
+        .flatten()
+        .collect();
+    if v.is_empty() {
+        return "–".into();
+    }
+    let mean = v.iter().sum::<f64>() / v.len() as f64;
+    format!("{mean:.2} ({:.2})", v.iter().copied().fold(0.0, f64::max))
+}
+
+/// The four targets of the comparison, each decided from per-run ratios.
 fn targets(args: &Args, runs: &[Run]) -> String {
     let peers: Vec<&System> = args.systems.iter().filter(|s| !matches!(s, System::Gmq(_))).collect();
     let mut t = Table::new([

@@ -107,7 +107,8 @@ impl System {
                 .into(),
             System::RabbitQuorum => "publisher confirm after the Raft log entry is fsynced (ra's WAL, batched)".into(),
             System::RabbitClassic => "publisher confirm for a persistent message once the message store has \
-                                      written and fsynced it (batched)"
+                                      written and fsynced it (batched), or once every queue has delivered and \
+                                      had it acked"
                 .into(),
         }
     }

@@ -1,4 +1,5 @@
-//! The four workloads, written once against [`Producer`] and [`Consumer`],
+//! The four workloads, written once against [`Producer`] and
+//! [`Consumer`](crate::clients::Consumer),
 //! and the loopback echo that bounds them all.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
