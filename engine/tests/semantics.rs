@@ -748,6 +748,8 @@ mod nonblocking {
             assert!(!f.is_empty(), "a dead letter to move");
             assert!(e.get("w.dlq").unwrap().is_none(), "not moved yet");
             e.run_followup(f).unwrap();
+            // The follow-up publishes the copy; it is readable once stored.
+            e.get("w.dlq").unwrap().expect("the move created the dead-letter queue").log().flush().unwrap();
             let moved = env.consume("w.dlq", "x", 1, 9, AckMode::Auto);
             assert_eq!((payloads(&moved), header(&moved[0], "x-dead-letter-offset")), (vec!["p".to_owned()], Some("0")));
 
