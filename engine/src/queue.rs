@@ -271,6 +271,9 @@ struct QState {
     dedup: Option<Dedup>,
     state_grown: u64,
     snapshot_len: u64,
+    /// A non-blocking call has handed a due snapshot to a follow-up that
+    /// has not run yet: later calls do not hand it out again.
+    snapshot_queued: bool,
     consumers: HashMap<ConsumerId, BTreeSet<String>>,
     moves: Vec<Move>,
 }
@@ -405,6 +408,7 @@ impl Queue {
                 low: replay.low,
                 dedup: None,
                 state_grown: 0,
+                snapshot_queued: false,
                 snapshot_len: len,
                 consumers: HashMap::new(),
                 moves: Vec::new(),
@@ -486,6 +490,7 @@ impl Queue {
 
     /// Rewrites the group state log as a snapshot when it has grown enough.
     fn maybe_snapshot(&self, st: &mut QState) -> Result<()> {
+        st.snapshot_queued = false;
         if !Self::snapshot_due(st) {
             return Ok(());
         }
@@ -879,7 +884,7 @@ impl Queue {
             self.maybe_snapshot(&mut st)?;
             false
         } else {
-            Self::snapshot_due(&st)
+            Self::snapshot_due(&st) && !std::mem::replace(&mut st.snapshot_queued, true)
         };
         let dead = polled
             .dead
@@ -959,7 +964,7 @@ impl Queue {
             self.maybe_snapshot(&mut st)?;
             false
         } else {
-            Self::snapshot_due(&st)
+            Self::snapshot_due(&st) && !std::mem::replace(&mut st.snapshot_queued, true)
         };
         Ok((Pending::new(done.len(), vec![a]), due))
     }

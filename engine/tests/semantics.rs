@@ -774,8 +774,11 @@ mod nonblocking {
                 }
             }
             let (acked_to, f) = due.expect("the state log grows past the snapshot threshold");
+            let (p, again) = e.ack_nonblocking("s", "g", &[acked_to + 1]).unwrap();
+            assert_eq!(p.wait().unwrap(), 1);
+            assert!(again.is_empty(), "a snapshot already handed out is not handed out twice");
             e.run_followup(f).unwrap();
-            let (p, f) = e.ack_nonblocking("s", "g", &[acked_to + 1]).unwrap();
+            let (p, f) = e.ack_nonblocking("s", "g", &[acked_to + 2]).unwrap();
             assert_eq!(p.wait().unwrap(), 1);
             assert!(f.is_empty(), "the snapshot reset the growth");
             let left = e.consume("s", "h", 2, &ConsumeOptions { from: Some(StartFrom::Oldest), ..all.clone() }).unwrap().wait().unwrap();
@@ -783,7 +786,7 @@ mod nonblocking {
             if env.fs.is_some() {
                 let mut env = env;
                 env.crash();
-                e_after_restart_has_exactly(&env, acked_to + 2, n);
+                e_after_restart_has_exactly(&env, acked_to + 3, n);
             }
         };
     }
