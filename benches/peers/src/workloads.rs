@@ -69,19 +69,28 @@ pub async fn publish(
         let (body, budget) = (body.clone(), budget.clone());
         tasks.push(tokio::spawn(async move { producer_loop(p, body, window, from, to, &budget).await }));
     }
-    let mut lat = Latency::new();
-    let mut acked = 0;
-    for t in tasks {
-        let (n, l) = t.await.context("producer task")??;
-        acked += n;
-        lat.merge(&l);
-    }
+    let (acked, lat) = join_counted(tasks, "producer task").await?;
     let secs = match until {
         Until::Timed { measure, .. } => measure.as_secs_f64(),
         Until::Count(_) => t0.elapsed().as_secs_f64(),
     };
     let msgs_per_s = acked as f64 / secs;
     Ok(Rate { msgs_per_s, mb_per_s: msgs_per_s * payload as f64 / 1e6, latency: lat.summary() })
+}
+
+/// Waits for every task, summing their counts and merging their latencies.
+async fn join_counted(
+    tasks: Vec<tokio::task::JoinHandle<Result<(u64, Latency)>>>,
+    what: &str,
+) -> Result<(u64, Latency)> {
+    let mut lat = Latency::new();
+    let mut n = 0;
+    for t in tasks {
+        let (k, l) = t.await.with_context(|| what.to_owned())??;
+        n += k;
+        lat.merge(&l);
+    }
+    Ok((n, lat))
 }
 
 /// Takes one message from the shared budget.
@@ -288,7 +297,6 @@ pub async fn end_to_end(
 
     let mut e2e = Latency::new();
     let mut got = vec![false; total as usize];
-    let mut received = 0u64;
     let want = total - first;
     let mut in_window = 0u64;
     while in_window < want && Instant::now() < deadline {
@@ -301,7 +309,6 @@ pub async fn end_to_end(
         for p in &batch {
             let i = u64::from_le_bytes(p.get(..8).and_then(|b| b.try_into().ok()).unwrap_or([0xff; 8]));
             let Some(slot) = got.get_mut(i as usize) else { bail!("a delivery carried no known sequence number") };
-            received += 1;
             if !*slot {
                 *slot = true;
                 if measured(i) {
@@ -321,7 +328,6 @@ pub async fn end_to_end(
     if let Some(e) = lock(&failed).take() {
         bail!(e);
     }
-    let _ = received;
     let publish_summary = lock(&publish_lat).summary();
     Ok(EndToEnd {
         delivered_per_s: in_window as f64 / measure.as_secs_f64(),
@@ -404,13 +410,7 @@ pub async fn echo(conns: usize, window: usize, payload: usize, warmup: Duration,
             Ok::<_, anyhow::Error>((n, lat))
         }));
     }
-    let mut lat = Latency::new();
-    let mut n = 0;
-    for t in tasks {
-        let (k, l) = t.await.context("echo client")??;
-        n += k;
-        lat.merge(&l);
-    }
+    let (n, lat) = join_counted(tasks, "echo client").await?;
     server.join().map_err(|_| anyhow::anyhow!("the echo server panicked"))??;
     let msgs_per_s = n as f64 / measure.as_secs_f64();
     Ok(Rate { msgs_per_s, mb_per_s: msgs_per_s * payload as f64 / 1e6, latency: lat.summary() })
